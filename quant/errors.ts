@@ -1,0 +1,49 @@
+/**
+ * Errors are values with a stable code, so the CLI, the daemon and scripts can branch on them
+ * and a person can act on the message. Every failure edgeq expects is one of these.
+ */
+export type ErrorCode =
+  | 'E_FILE_NOT_FOUND'
+  | 'E_FILE_UNREADABLE'
+  | 'E_OUTPUT_UNWRITABLE'
+  | 'E_MODEL_INVALID'
+  | 'E_MODEL_UNSUPPORTED'
+  | 'E_NPY_INVALID'
+  | 'E_SHAPE_MISMATCH'
+  | 'E_DTYPE_MISMATCH'
+  | 'E_CALIB_MISSING'
+  | 'E_CALIB_EMPTY'
+  | 'E_EXCLUDE_UNKNOWN'
+  | 'E_ARGUMENT'
+  | 'E_RUNTIME';
+
+export class EdgeqError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'EdgeqError';
+    this.code = code;
+  }
+
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isEdgeqError(e: unknown): e is EdgeqError {
+  return e instanceof EdgeqError;
+}
+
+/** Maps a Node fs error on `path` to an EdgeqError that names the file and what went wrong. */
+export function fsError(e: unknown, path: string, writing = false): EdgeqError {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (writing) {
+    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : code === 'EROFS' ? 'read-only file system' : String((e as Error)?.message ?? e);
+    return new EdgeqError('E_OUTPUT_UNWRITABLE', `cannot write ${path}: ${why}`, { cause: e });
+  }
+  if (code === 'ENOENT') return new EdgeqError('E_FILE_NOT_FOUND', `file not found: ${path}`, { cause: e });
+  if (code === 'EISDIR') return new EdgeqError('E_FILE_UNREADABLE', `${path} is a directory, not a file`, { cause: e });
+  if (code === 'EACCES' || code === 'EPERM') return new EdgeqError('E_FILE_UNREADABLE', `cannot read ${path}: permission denied`, { cause: e });
+  return new EdgeqError('E_FILE_UNREADABLE', `cannot read ${path}: ${String((e as Error)?.message ?? e)}`, { cause: e });
+}
