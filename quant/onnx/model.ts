@@ -7,8 +7,8 @@
  */
 import { closeSync, fsyncSync, openSync, readSync, statSync, writeSync, renameSync, unlinkSync, fstatSync } from 'node:fs';
 import { dirname, basename, resolve, isAbsolute, normalize, sep } from 'node:path';
-import { fromBinary, toBinary, create } from '@bufbuild/protobuf';
-import { ModelProtoSchema, TensorProto_DataLocation, StringStringEntryProtoSchema } from 'onnx-buf';
+import { clearField, fromBinary, toBinary, create } from '@bufbuild/protobuf';
+import { ModelProtoSchema, TensorProto_DataLocation, TensorProtoSchema, StringStringEntryProtoSchema } from 'onnx-buf';
 import type { ModelProto, TensorProto, GraphProto } from 'onnx-buf';
 import { EdgeqError, fsError } from '../errors.js';
 
@@ -142,9 +142,17 @@ export function loadExternalData(model: ModelProto, baseDir: string): void {
     } finally {
       closeSync(fd);
     }
-    t.dataLocation = TensorProto_DataLocation.DEFAULT;
-    t.externalData = [];
+    markInline(t);
   }
+}
+
+/**
+ * Makes a tensor inline again. data_location is a proto2 field: assigning DEFAULT would mark it
+ * present and add bytes to every later encoding, so it is cleared instead.
+ */
+function markInline(t: TensorProto): void {
+  clearField(t, TensorProtoSchema.field.dataLocation);
+  t.externalData = [];
 }
 
 export interface WriteOptions {
@@ -217,8 +225,7 @@ export function writeModel(model: ModelProto, path: string, opts: WriteOptions =
     // The in-memory model stays self-contained whatever was written.
     for (const [t, raw] of moved) {
       t.rawData = raw as Uint8Array<ArrayBuffer>;
-      t.externalData = [];
-      t.dataLocation = TensorProto_DataLocation.DEFAULT;
+      markInline(t);
     }
   }
 }

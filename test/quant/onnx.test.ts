@@ -246,12 +246,9 @@ test('external data: writeModel moves big tensors to a side file that ORT and re
   t.is(tensorByName(kept, 'B').dataLocation, TensorProto_DataLocation.DEFAULT);
 });
 
-// KNOWN BUG in quant/onnx/model.ts (reported, not fixed here): writeModel's restore step and
-// loadExternalData assign `t.dataLocation = DEFAULT`. onnx.proto is proto2, so that marks the
-// field as *present*: the message is no longer equal to the original and every later encoding
-// carries two extra bytes (`70 00`) per moved tensor. clearField(t, TensorProtoSchema.field.dataLocation)
-// is the fix. These tests fail until then (ava reports it when they start passing).
-test.failing('external data: writeModel leaves the in-memory model unchanged (equal message, same bytes)', (t) => {
+// data_location is a proto2 field: restoring a tensor inline must clear it, not set DEFAULT,
+// or the message changes and later encodings grow by two bytes per tensor.
+test('external data: writeModel leaves the in-memory model unchanged (equal message, same bytes)', (t) => {
   const dir = tempDir(t);
   const model = matmulModel();
   const inline = encodeModel(model);
@@ -261,7 +258,7 @@ test.failing('external data: writeModel leaves the in-memory model unchanged (eq
   t.deepEqual(Buffer.from(encodeModel(model)), Buffer.from(inline));
 });
 
-test.failing('external data: readModel(load) of a written model equals the inline model', (t) => {
+test('external data: readModel(load) of a written model equals the inline model', (t) => {
   const dir = tempDir(t);
   const model = matmulModel();
   const inline = encodeModel(model);
