@@ -1,0 +1,29 @@
+/** The `edgeq` command line. Each command lives in agent/commands/. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { quantizeCommand } from './commands/quantize.js';
+import { EXIT_USAGE, printJson } from './output.js';
+
+export async function main(argv: string[]): Promise<void> {
+  const wantsJson = argv.includes('--json');
+  let cli = yargs(argv)
+    .scriptName('edgeq')
+    .usage('edgeq <command> [options]\n\nMakes ONNX models smaller and faster on the device that runs them: int8 post-training\nquantization calibrated on the inputs the device really sees.')
+    .strict()
+    .demandCommand(1, 'name a command (edgeq --help lists them)')
+    .recommendCommands()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      if (err) throw err;
+      if (wantsJson) printJson({ ok: false, error: { code: 'E_USAGE', message: msg } });
+      else process.stderr.write(`edgeq: error: ${msg}\n(edgeq --help for usage)\n`);
+      process.exit(EXIT_USAGE);
+    });
+  cli = quantizeCommand(cli);
+  await cli.parseAsync();
+}
+
+await main(hideBin(process.argv));

@@ -1,0 +1,122 @@
+/**
+ * Calibration: runs the float model in ONNX Runtime with every tensor to observe added as a graph
+ * output, one batch at a time, and feeds each observer. Nothing is kept between batches but the
+ * observers' state, so memory does not grow with the number of samples.
+ */
+import { create } from '@bufbuild/protobuf';
+import { ValueInfoProtoSchema } from 'onnx-buf';
+import type { ModelProto } from 'onnx-buf';
+import { EdgeqError } from './errors.js';
+import { encodeModel } from './onnx/model.js';
+import type { NpyFile } from './npy.js';
+import type { Observer, Range } from './observe/observer.js';
+import { forEachBatch, planBatches, type InputInfo } from './feed.js';
+import { openSession } from './runtime.js';
+
+export interface CalibrationSource {
+  /** One .npy file per model input, all with the same number of samples. */
+  files: Map<string, NpyFile>;
+  /** Use the first `count` samples. */
+  count: number;
+}
+
+export type ModelInputInfo = InputInfo;
+
+/** Adds `tensors` as (untyped) graph outputs; ORT infers their types. Returns a copy's bytes. */
+export function withExtraOutputs(model: ModelProto, tensors: Iterable<string>): Uint8Array {
+  const graph = model.graph!;
+  const saved = graph.output;
+  const have = new Set(saved.map((o) => o.name));
+  const extra = [...tensors].filter((t) => !have.has(t)).map((name) => create(ValueInfoProtoSchema, { name }));
+  graph.output = [...saved, ...extra];
+  try {
+    return encodeModel(model);
+  } finally {
+    graph.output = saved;
+  }
+}
+
+const NPY_FOR: Record<string, string> = { float32: 'float32', uint8: 'uint8', int8: 'int8', int32: 'int32', int64: 'int64', float64: 'float64' };
+
+/** Checks that each .npy file fits its model input; throws a clear E_SHAPE_MISMATCH / E_DTYPE_MISMATCH / E_CALIB_MISSING. */
+export function checkCalibrationFiles(inputs: ModelInputInfo[], files: Map<string, NpyFile>): number {
+  for (const name of files.keys()) {
+    if (!inputs.some((i) => i.name === name)) {
+      throw new EdgeqError('E_CALIB_MISSING', `calibration data names input "${name}", which the model does not have (inputs: ${inputs.map((i) => i.name).join(', ')})`);
+    }
+  }
+  let count = -1;
+  for (const input of inputs) {
+    const f = files.get(input.name);
+    if (!f) throw new EdgeqError('E_CALIB_MISSING', `no calibration data for model input "${input.name}" (give --calib ${input.name}=FILE.npy)`);
+    if (NPY_FOR[input.type] !== f.dtype) {
+      throw new EdgeqError('E_DTYPE_MISMATCH', `${f.path}: dtype ${f.dtype} does not fit model input "${input.name}" of type ${input.type}`);
+    }
+    const want = input.shape;
+    const got = f.shape;
+    const fmt = (s: ReadonlyArray<number | string>) => `[${s.join(', ')}]`;
+    if (got.length !== want.length) {
+      throw new EdgeqError('E_SHAPE_MISMATCH', `${f.path}: shape ${fmt(got)} does not fit model input "${input.name}" ${fmt(want)} (the first axis counts samples)`);
+    }
+    for (let d = 1; d < want.length; d++) {
+      const w = want[d];
+      if (typeof w === 'number' && w >= 0 && w !== got[d]) {
+        throw new EdgeqError('E_SHAPE_MISMATCH', `${f.path}: shape ${fmt(got)} does not fit model input "${input.name}" ${fmt(want)}: axis ${d} is ${got[d]}, the model needs ${w}`);
+      }
+    }
+    if (count >= 0 && f.count !== count) {
+      throw new EdgeqError('E_SHAPE_MISMATCH', `calibration files hold different sample counts (${count} and ${f.count} in ${f.path})`);
+    }
+    count = f.count;
+  }
+  if (count === 0) throw new EdgeqError('E_CALIB_EMPTY', 'the calibration data holds no samples');
+  return count;
+}
+
+export interface CalibrateOptions {
+  observers: Map<string, Observer>;
+  batchSize: number;
+  threads?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Runs `modelBytes` (which must output every observed tensor) over the data. */
+export async function runCalibration(modelBytes: Uint8Array, inputs: ModelInputInfo[], source: CalibrationSource, opts: CalibrateOptions): Promise<Map<string, Range>> {
+  const session = await openSession(modelBytes, { threads: opts.threads });
+  try {
+    const fetches = [...opts.observers.keys()];
+    const plan = planBatches(inputs, source.count, opts.batchSize);
+    await forEachBatch(session, inputs, source.files, plan, fetches, (out, start, n) => {
+      for (const name of fetches) opts.observers.get(name)!.collect(out[name].data as Float32Array);
+      opts.onProgress?.(start + n, plan.total);
+    });
+    const ranges = new Map<string, Range>();
+    for (const [name, obs] of opts.observers) {
+      try {
+        ranges.set(name, obs.decide());
+      } catch {
+        // A tensor that held no finite value (empty, or all NaN) gets no range and stays float.
+      }
+    }
+    return ranges;
+  } finally {
+    await session.release();
+  }
+}
+
+/** Element types ORT infers for the given tensors (outputs of the augmented model). */
+export async function inferTensorTypes(modelBytes: Uint8Array): Promise<{ types: Map<string, string>; inputs: ModelInputInfo[] }> {
+  const session = await openSession(modelBytes, { threads: 1, optimization: 'disabled' });
+  try {
+    const types = new Map<string, string>();
+    for (const m of session.outputMetadata) if (m.isTensor) types.set(m.name, m.type);
+    const inputs: ModelInputInfo[] = [];
+    for (const m of session.inputMetadata) {
+      if (!m.isTensor) throw new EdgeqError('E_MODEL_UNSUPPORTED', `model input "${m.name}" is not a tensor`);
+      inputs.push({ name: m.name, type: m.type, shape: m.shape });
+    }
+    return { types, inputs };
+  } finally {
+    await session.release();
+  }
+}
