@@ -53,9 +53,19 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
   // 2. Quantization parameters of every activation tensor, in graph order so that a
   //    shared-parameter op sees its input's parameters first.
   const tq = new Map<string, TensorQ>();
+  // Short generated names: on a small model, ORT-style names (…_DequantizeLinear) cost more bytes
+  // than int8 weights save. Every part of one quantized tensor shares its id (a3.s, a3.z, a3.q…).
+  let nextId = 0;
+  const ids = new Map<string, string>();
+  const idOf = (tensor: string, prefix: string) => {
+    let id = ids.get(tensor);
+    if (!id) ids.set(tensor, (id = names.fresh(`${prefix}${nextId++}`)));
+    return id;
+  };
   const addQ = (tensor: string, qp: QParams): TensorQ => {
-    const scaleName = names.fresh(`${tensor}_scale`);
-    const zpName = names.fresh(`${tensor}_zero_point`);
+    const id = idOf(tensor, 'a');
+    const scaleName = names.fresh(`${id}.s`);
+    const zpName = names.fresh(`${id}.z`);
     newInits.push(makeTensor(scaleName, new Float32Array([qp.scale]), []));
     newInits.push(makeTensor(zpName, actType === 'uint8' ? new Uint8Array([qp.zeroPoint]) : new Int8Array([qp.zeroPoint]), []));
     const e = { qp, scaleName, zpName };
@@ -118,21 +128,22 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
     const isOutput = graphOutputs.has(t);
     if (isOutput) {
       if (!producer) continue; // a graph input passed straight through: leave it alone
-      source = names.fresh(`${t}_float`);
+      source = names.fresh(`${idOf(t, 'a')}.f`);
       producer.output[producer.output.indexOf(t)] = source;
     }
-    const qName = names.fresh(`${t}_quantized`);
-    newNodes.push(makeNode('QuantizeLinear', [source, q.scaleName, q.zpName], [qName], names.fresh(`${t}_QuantizeLinear`)));
+    const id = idOf(t, 'a');
+    const qName = names.fresh(`${id}.q`);
+    newNodes.push(makeNode('QuantizeLinear', [source, q.scaleName, q.zpName], [qName], ''));
     for (const c of consumers.get(t) ?? []) {
-      const dq = names.fresh(`${t}_dequantized`);
-      newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [dq], names.fresh(`${t}_DequantizeLinear`)));
+      const dq = names.fresh(`${id}.d`);
+      newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [dq], ''));
       rename(c, t, dq);
     }
-    if (isOutput) newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [t], names.fresh(`${t}_DequantizeLinear`)));
+    if (isOutput) newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [t], ''));
   }
 
   // 4. Weights (int8 symmetric) and biases (int32, scale = input scale × weight scale).
-  const weightCache = new Map<string, { w: QuantizedWeight; q: string; s: string; z: string }>();
+  const weightCache = new Map<string, { w: QuantizedWeight; inputs: string[] }>();
   let perChannel = 0;
   for (const [n, rule] of plan.nodes) {
     if (!rule.weight) continue;
@@ -142,20 +153,27 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
     const spec = rule.weight(n, tensorDims(wInit));
     if (!spec) continue;
     const axis = profile.perChannel ? spec.axis : undefined;
-    const key = `${wName}|${axis ?? 'tensor'}`;
+    const key = `${wName}|${axis ?? 'tensor'}|${spec.zeroPoint ? 'zp' : ''}`;
     let cached = weightCache.get(key);
     if (!cached) {
       const w = quantizeWeight(tensorFloats(wInit), tensorDims(wInit), axis, profile.reduceRange);
-      const q = names.fresh(`${wName}_quantized`), s = names.fresh(`${wName}_scale`), z = names.fresh(`${wName}_zero_point`);
+      // Symmetric weights: zero point 0, which is DequantizeLinear's default where the fusion allows leaving it out.
+      const q = names.fresh(`w${nextId++}`), s = names.fresh(`${q}.s`);
       const shape = w.scales.length > 1 ? [w.scales.length] : [];
-      newInits.push(makeTensor(q, w.values, tensorDims(wInit)), makeTensor(s, w.scales, shape), makeTensor(z, new Int8Array(w.scales.length), shape));
-      cached = { w, q, s, z };
+      newInits.push(makeTensor(q, w.values, tensorDims(wInit)), makeTensor(s, w.scales, shape));
+      const inputs = [q, s];
+      if (spec.zeroPoint) {
+        const z = names.fresh(`${q}.z`);
+        newInits.push(makeTensor(z, new Int8Array(w.scales.length), shape));
+        inputs.push(z);
+      }
+      cached = { w, inputs };
       weightCache.set(key, cached);
     }
     if (cached.w.axis !== undefined) perChannel++;
-    const dqOut = names.fresh(`${wName}_dequantized`);
+    const dqOut = names.fresh(`${cached.inputs[0]}.d`);
     const attrs: Record<string, number> = cached.w.axis !== undefined ? { axis: cached.w.axis } : {};
-    newNodes.push(makeNode('DequantizeLinear', [cached.q, cached.s, cached.z], [dqOut], names.fresh(`${wName}_DequantizeLinear`), attrs));
+    newNodes.push(makeNode('DequantizeLinear', cached.inputs, [dqOut], '', attrs));
     n.input[1] = dqOut;
 
     const bName = rule.bias !== undefined ? n.input[rule.bias] : undefined;
@@ -171,11 +189,12 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
       }
       const cout = cached.w.scales.length > 1 ? cached.w.scales.length : bias.length;
       const b = quantizeBias(bias, xq.qp.scale, cached.w.scales, cout);
-      const q = names.fresh(`${bName}_quantized`), s = names.fresh(`${bName}_scale`), z = names.fresh(`${bName}_zero_point`);
+      // No zero point: DequantizeLinear's default is 0, which int32 biases always use.
+      const q = names.fresh(`b${nextId++}`), s = names.fresh(`${q}.s`);
       const shape = b.scales.length > 1 ? [b.scales.length] : [];
-      newInits.push(makeTensor(q, b.values, [b.values.length]), makeTensor(s, b.scales, shape), makeTensor(z, new Int32Array(b.scales.length), shape));
-      const bOut = names.fresh(`${bName}_dequantized`);
-      newNodes.push(makeNode('DequantizeLinear', [q, s, z], [bOut], names.fresh(`${bName}_DequantizeLinear`), b.scales.length > 1 ? { axis: 0 } : {}));
+      newInits.push(makeTensor(q, b.values, [b.values.length]), makeTensor(s, b.scales, shape));
+      const bOut = names.fresh(`${q}.d`);
+      newNodes.push(makeNode('DequantizeLinear', [q, s], [bOut], '', b.scales.length > 1 ? { axis: 0 } : {}));
       n.input[rule.bias!] = bOut;
     }
   }

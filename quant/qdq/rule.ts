@@ -6,6 +6,11 @@ export interface WeightSpec {
   input: number;
   /** Axis of the output channels, for per-channel scales; undefined: per-tensor only. */
   axis?: number;
+  /**
+   * Give the weight's DequantizeLinear an explicit zero-point tensor. ORT's Conv fusion fills in
+   * the default 0 itself; its Gemm and MatMul fusions need the input present.
+   */
+  zeroPoint?: boolean;
 }
 
 export interface OpRule {
