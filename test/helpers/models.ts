@@ -1,0 +1,49 @@
+/** Small ONNX models built in code, for tests that need a graph of a precise shape. */
+import { create } from '@bufbuild/protobuf';
+import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema, TypeProtoSchema, TypeProto_TensorSchema, TensorShapeProtoSchema, TensorShapeProto_DimensionSchema, ValueInfoProtoSchema } from 'onnx-buf';
+import type { ModelProto, NodeProto, TensorProto, ValueInfoProto } from 'onnx-buf';
+import { DT } from '../../quant/onnx/tensor.js';
+
+export { makeNode } from '../../quant/onnx/graph.js';
+export { makeTensor } from '../../quant/onnx/tensor.js';
+
+/** A float tensor value info; string dims are symbolic (dynamic). */
+export function floatInput(name: string, dims: Array<number | string>, elemType: number = DT.FLOAT): ValueInfoProto {
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, {
+      value: {
+        case: 'tensorType',
+        value: create(TypeProto_TensorSchema, {
+          elemType,
+          shape: create(TensorShapeProtoSchema, {
+            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: typeof d === 'number' ? { case: 'dimValue', value: BigInt(d) } : { case: 'dimParam', value: d } })),
+          }),
+        }),
+      },
+    }),
+  });
+}
+
+export function buildModel(nodes: NodeProto[], inputs: ValueInfoProto[], outputs: ValueInfoProto[], initializers: TensorProto[], opset = 13): ModelProto {
+  return create(ModelProtoSchema, {
+    irVersion: 8n,
+    producerName: 'edgeq-test',
+    opsetImport: [create(OperatorSetIdProtoSchema, { domain: '', version: BigInt(opset) })],
+    graph: create(GraphProtoSchema, { name: 'test', node: nodes, input: inputs, output: outputs, initializer: initializers }),
+  });
+}
+
+/** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
+export function randomFloats(n: number, seed: number, scale = 1): Float32Array {
+  let a = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
