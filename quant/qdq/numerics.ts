@@ -1,18 +1,10 @@
 /** The arithmetic of turning float values into integers: one place for rounding and ranges. */
-import { computeQParams } from '../observe/qparams.js';
+import { computeQParams, roundHalfEven } from '../observe/qparams.js';
 import type { Range } from '../observe/observer.js';
 import type { ActivationType } from '../profiles.js';
 
-export interface QParams {
-  scale: number;
-  zeroPoint: number;
-}
-
-/** Round half to even, as numpy and ONNX Runtime's QuantizeLinear round. */
-export function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
+export type { QParams } from '../observe/qparams.js';
+import type { QParams } from '../observe/qparams.js';
 
 /** Asymmetric activation parameters for a calibrated range (the range is widened to hold 0). */
 export function activationQParams(range: Range, type: ActivationType): QParams {
