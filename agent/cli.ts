@@ -2,6 +2,7 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { quantizeCommand } from './commands/quantize.js';
+import { detectCommand } from './commands/detect.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -23,6 +24,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exit(EXIT_USAGE);
     });
   cli = quantizeCommand(cli);
+  cli = detectCommand(cli);
   await cli.parseAsync();
 }
 
