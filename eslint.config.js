@@ -12,7 +12,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['bin/**/*.js'],
+    files: ['bin/**/*.js', 'tools/**/*.js'],
     languageOptions: { globals: { process: 'readonly' } },
   },
 );
