@@ -86,7 +86,9 @@ export function weightQRange(reduceRange = false): { qmin: number; qmax: number 
   return reduceRange ? { qmin: -64, qmax: 64 } : { qmin: -127, qmax: 127 };
 }
 
-function symmetricScale(absMax: number, halfRange: number): number {
+/** Scale of symmetric int8 weights whose largest magnitude is `absMax` (1 for an all-zero tensor or channel). */
+export function symmetricWeightScaleFor(absMax: number, reduceRange = false): number {
+  const halfRange = weightQRange(reduceRange).qmax;
   // ORT: (rmax - rmin) in float32 = 2·absMax, divided by (qmax - qmin) in float64, cast to float32.
   const scale = f32(f32(2 * absMax) / (2 * halfRange));
   return scale < FLOAT32_TINY ? 1 : scale;
@@ -103,7 +105,6 @@ export function symmetricWeightScales(weights: Float32Array, channels: number, o
     throw new RangeError(`symmetricWeightScales: ${weights.length} weights do not split into ${channels} channels`);
   }
   const per = weights.length / channels;
-  const { qmax } = weightQRange(opts.reduceRange);
   const scales = new Float32Array(channels);
   for (let c = 0; c < channels; c++) {
     let absMax = 0;
@@ -112,7 +113,7 @@ export function symmetricWeightScales(weights: Float32Array, channels: number, o
       if (!(a <= 3.4028234663852886e38)) throw new RangeError(`symmetricWeightScales: weight ${i} (channel ${c}) is not finite`);
       if (a > absMax) absMax = a;
     }
-    scales[c] = symmetricScale(absMax, qmax);
+    scales[c] = symmetricWeightScaleFor(absMax, opts.reduceRange);
   }
   return scales;
 }

@@ -156,7 +156,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
     const key = `${wName}|${axis ?? 'tensor'}|${spec.zeroPoint ? 'zp' : ''}`;
     let cached = weightCache.get(key);
     if (!cached) {
-      const w = quantizeWeight(tensorFloats(wInit), tensorDims(wInit), axis, profile.reduceRange);
+      const w = quantizeWeight(tensorFloats(wInit), tensorDims(wInit), axis, profile.reduceRange, `weight ${wName}`);
       // Symmetric weights: zero point 0, which is DequantizeLinear's default where the fusion allows leaving it out.
       const q = names.fresh(`w${nextId++}`), s = names.fresh(`${q}.s`);
       const shape = w.scales.length > 1 ? [w.scales.length] : [];

@@ -1,5 +1,6 @@
 /** The arithmetic of turning float values into integers: one place for rounding and ranges. */
-import { computeQParams, roundHalfEven } from '../observe/qparams.js';
+import { EdgeqError } from '../errors.js';
+import { computeQParams, roundHalfEven, symmetricWeightScaleFor, weightQRange } from '../observe/qparams.js';
 import type { Range } from '../observe/observer.js';
 import type { ActivationType } from '../profiles.js';
 
@@ -22,28 +23,29 @@ export interface QuantizedWeight {
 }
 
 /**
- * Symmetric int8 weights, zero point 0, range ±127 (±63 with reduceRange: 7-bit weights keep
- * u8×s8 pair sums inside int16 on x86 without VNNI).
+ * Symmetric int8 weights, zero point 0, ONNX Runtime's range ±127 (±64 with reduceRange: 7-bit
+ * weights keep u8×s8 pair sums inside int16 on x86 without VNNI). `axis` picks per-channel
+ * scales along any axis (Conv: 0, ConvTranspose and Gemm without transB: 1).
  */
-export function quantizeWeight(w: Float32Array, dims: number[], axis: number | undefined, reduceRange: boolean): QuantizedWeight {
-  const qmax = reduceRange ? 63 : 127;
+export function quantizeWeight(w: Float32Array, dims: number[], axis: number | undefined, reduceRange: boolean, name = 'weight'): QuantizedWeight {
+  const { qmin, qmax } = weightQRange(reduceRange);
   const channels = axis === undefined ? 1 : dims[axis];
   const inner = axis === undefined ? w.length : dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   const channelOf = (i: number) => (axis === undefined ? 0 : Math.floor(i / inner) % channels);
   const maxAbs = new Float64Array(channels);
   for (let i = 0; i < w.length; i++) {
     const a = Math.abs(w[i]);
+    if (!Number.isFinite(a)) throw new EdgeqError('E_MODEL_INVALID', `${name} holds a non-finite value at index ${i}`);
     const c = channelOf(i);
     if (a > maxAbs[c]) maxAbs[c] = a;
   }
-  const scales = new Float32Array(channels);
-  for (let c = 0; c < channels; c++) scales[c] = maxAbs[c] > 0 ? maxAbs[c] / qmax : 1;
+  const scales = Float32Array.from(maxAbs, (m) => symmetricWeightScaleFor(m, reduceRange));
   const values = new Int8Array(w.length);
   for (let i = 0; i < w.length; i++) {
     const q = roundHalfEven(w[i] / scales[channelOf(i)]);
-    values[i] = q > qmax ? qmax : q < -qmax ? -qmax : q;
+    values[i] = q > qmax ? qmax : q < qmin ? qmin : q;
   }
-  return { values, scales, axis: axis === undefined ? undefined : axis };
+  return { values, scales, axis };
 }
 
 export interface QuantizedBias {

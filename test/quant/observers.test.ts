@@ -269,3 +269,11 @@ test('symmetric int8 weight scales (ONNX Runtime convention)', (t) => {
     }
   }
 });
+
+test('MinMaxObserver skips NaN and ±Infinity and counts them', (t) => {
+  const o = new MinMaxObserver();
+  o.collect(new Float32Array([1, NaN, -Infinity, -2, Infinity, 3]));
+  t.deepEqual(o.decide(), { min: -2, max: 3 });
+  t.is(o.skipped, 3);
+  t.is(o.seen, 6);
+});
