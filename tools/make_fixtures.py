@@ -148,12 +148,12 @@ class Net(nn.Module):
         self.stem_conv, self.stem_bn = conv_bn(1, 16, 3, 1)
         self.stem_relu = nn.ReLU()
         self.block1 = ResBlock(16, 16, 1, quantizable)  # 28x28
-        self.block2 = ResBlock(16, 32, 2, quantizable)  # -> 14x14
+        self.block2 = ResBlock(16, 64, 2, quantizable)  # -> 14x14
         self.pool = nn.MaxPool2d(2)  # -> 7x7
-        self.block3 = ResBlock(32, 32, 1, quantizable)
+        self.block3 = ResBlock(64, 64, 1, quantizable)
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
         if self.quantizable:
