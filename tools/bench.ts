@@ -17,6 +17,9 @@ import { accuracy, agreement, predictTop1 } from '../quant/eval.js';
 import { quantize, type QuantizeResult } from '../quant/index.js';
 import { NpyFile, readNpy } from '../quant/npy.js';
 import { ort } from '../quant/runtime.js';
+import { writeModel } from '../quant/onnx/model.js';
+import { writeNpy } from '../quant/npy.js';
+import { buildModel, floatInput, makeNode, makeTensor, randomFloats } from '../test/helpers/models.js';
 
 const ROOT = resolve('.');
 const MODELS = join(ROOT, 'bench/models');
@@ -95,6 +98,32 @@ async function benchFixture(): Promise<ModelResult> {
   };
 }
 
+/**
+ * The kernel-level check: four 3×3 convolutions, 64 channels at 56×56 — the layer shape where
+ * int8 should win most clearly — fp32 vs int8 as ORT runs them. Built in code, no Python needed.
+ */
+async function benchConvStack(): Promise<ModelResult> {
+  const C = 64, H = 56;
+  const nodes = [], inits = [];
+  let x = 'input';
+  for (let i = 0; i < 4; i++) {
+    nodes.push(makeNode('Conv', [x, `W${i}`, `B${i}`], [`c${i}`], `conv${i}`, { kernel_shape: [3, 3], pads: [1, 1, 1, 1] }));
+    nodes.push(makeNode('Relu', [`c${i}`], [`r${i}`], `relu${i}`));
+    inits.push(makeTensor(`W${i}`, randomFloats(C * C * 9, i + 1, 0.05), [C, C, 3, 3]), makeTensor(`B${i}`, randomFloats(C, i + 9, 0.1), [C]));
+    x = `r${i}`;
+  }
+  const fp32 = join(MODELS, 'convstack.onnx');
+  writeModel(buildModel(nodes, [floatInput('input', ['N', C, H, H])], [floatInput(x, ['N', C, H, H])], inits), fp32);
+  const calib = join(MODELS, 'convstack_calib.npy');
+  writeNpy(calib, randomFloats(8 * C * H * H, 5), [8, C, H, H]);
+  const out = join(MODELS, 'convstack.int8.onnx');
+  log('conv stack: quantizing');
+  const q = await quantize({ model: fp32, calib: new Map([['', calib]]), out, profile: chooseProfile(localCpu()).profile, method: 'minmax' });
+  const latency = [];
+  for (const threads of [1, 2]) latency.push(await compareLatency('conv stack', fp32, out, calib, threads));
+  return { name: 'Conv stack (4 × Conv3x3+Relu, 64 channels, 56×56; kernel check)', quantize: q, agreement: { top1: NaN, samples: 0 }, latency };
+}
+
 function ensureResnet(): string | undefined {
   const model = join(MODELS, 'resnet18.onnx');
   if (existsSync(model)) return undefined;
@@ -160,11 +189,22 @@ function render(results: Array<ModelResult | { name: string; skipped: string }>,
       `| file size | ${q.sizeBytes.fp32} B | ${q.sizeBytes.int8} B (${pct(q.sizeBytes.int8 / q.sizeBytes.fp32)}) |`,
     );
     if (r.top1) lines.push(`| top-1 on ${r.top1.samples} test images | ${pct(r.top1.fp32)} | ${pct(r.top1.int8)} (${((r.top1.int8 - r.top1.fp32) * 100).toFixed(1)} points) |`);
-    lines.push(`| top-1 agreement with fp32 (${r.agreement.samples} images) | — | ${pct(r.agreement.top1)} |`);
+    if (r.agreement.samples) lines.push(`| top-1 agreement with fp32 (${r.agreement.samples} images) | — | ${pct(r.agreement.top1)} |`);
     for (const l of r.latency) {
       lines.push(`| latency p50, ${l.threads} thread${l.threads > 1 ? 's' : ''} | ${l.fp32.p50Ms.toFixed(2)} ms | ${l.int8.p50Ms.toFixed(2)} ms (${l.ratio.toFixed(2)}×) |`);
     }
     lines.push('', `ORT runs in int8: ${ops(q.int8Ops)}.`, `ORT runs in float: ${ops(q.floatOps)}.`, '');
+  }
+  const stack = results.find((r): r is ModelResult => !('skipped' in r) && r.name.startsWith('Conv stack'));
+  const vnni = /VNNI/.test(facts.profile) && !/no VNNI/.test(facts.profile);
+  if (stack && !vnni) {
+    const ratio = stack.latency.find((l) => l.threads === 1)?.ratio;
+    lines.push(
+      '## Reading these numbers',
+      '',
+      `This CPU has no VNNI (${facts.isa}). ONNX Runtime's u8×s8 kernels there multiply with VPMADDUBSW and widen with VPMADDWD, which on this CPU reaches about the multiply-accumulate rate of its fp32 FMA kernels: the conv stack, the most favourable shape for int8, runs at ${ratio?.toFixed(2)}× fp32 with one thread, and an ORT profile of ResNet18 puts 99% of both models' time in (QLinear)Conv. The int8 latency gain needs VNNI (AVX-512 VNNI, AVX-VNNI) or ARM dotprod; the 4× size reduction and the accuracy hold everywhere.`,
+      '',
+    );
   }
   return lines.join('\n');
 }
@@ -174,6 +214,7 @@ async function main(): Promise<void> {
   const facts = machine();
   const results: Array<ModelResult | { name: string; skipped: string }> = [];
   if (!only || only === 'fixture') results.push(await benchFixture());
+  if (!only || only === 'convstack') results.push(await benchConvStack());
   if (!only || only === 'resnet18') {
     const r = await benchResnet();
     results.push(typeof r === 'string' ? { name: 'ResNet18', skipped: r } : r);
