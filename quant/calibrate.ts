@@ -16,8 +16,9 @@ import { openSession } from './runtime.js';
 export interface CalibrationSource {
   /** One .npy file per model input, all with the same number of samples. */
   files: Map<string, NpyFile>;
-  /** Use the first `count` samples. */
+  /** Use `count` samples from `start` (default 0). */
   count: number;
+  start?: number;
 }
 
 export type ModelInputInfo = InputInfo;
@@ -85,10 +86,12 @@ export async function runCalibration(modelBytes: Uint8Array, inputs: ModelInputI
   const session = await openSession(modelBytes, { threads: opts.threads });
   try {
     const fetches = [...opts.observers.keys()];
-    const plan = planBatches(inputs, source.count, opts.batchSize);
-    await forEachBatch(session, inputs, source.files, plan, fetches, (out, start, n) => {
+    const plan = { ...planBatches(inputs, source.count, opts.batchSize), start: source.start ?? 0 };
+    let done = 0;
+    await forEachBatch(session, inputs, source.files, plan, fetches, (out, _start, n) => {
       for (const name of fetches) opts.observers.get(name)!.collect(out[name].data as Float32Array);
-      opts.onProgress?.(start + n, plan.total);
+      done += n;
+      opts.onProgress?.(done, plan.total);
     });
     const ranges = new Map<string, Range>();
     for (const [name, obs] of opts.observers) {

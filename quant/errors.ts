@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'E_CALIB_EMPTY'
   | 'E_EXCLUDE_UNKNOWN'
   | 'E_ARGUMENT'
+  | 'E_ACCURACY_BUDGET'
   | 'E_RUNTIME';
 
 export class EdgeqError extends Error {

@@ -14,6 +14,8 @@ export interface BatchPlan {
   batch: number;
   /** Samples that will be run (a fixed batch size drops the remainder). */
   total: number;
+  /** First sample (default 0). */
+  start?: number;
 }
 
 /** A fixed leading dimension fixes the batch size; a dynamic one lets us batch. */
@@ -37,8 +39,10 @@ export async function forEachBatch(
   fetches: string[],
   onBatch: (outputs: Record<string, ort.Tensor>, start: number, n: number) => void | Promise<void>,
 ): Promise<void> {
-  for (let start = 0; start < plan.total; start += plan.batch) {
-    const n = Math.min(plan.batch, plan.total - start);
+  const first = plan.start ?? 0;
+  const end = first + plan.total;
+  for (let start = first; start < end; start += plan.batch) {
+    const n = Math.min(plan.batch, end - start);
     const feeds: Record<string, ort.Tensor> = {};
     for (const input of inputs) {
       const f = files.get(input.name)!;

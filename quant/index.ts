@@ -1,29 +1,29 @@
 /**
  * quantize(): float32 ONNX model in, int8 QDQ model out — PyTorch's eager post-training static
- * quantization (fuse → prepare → calibrate → convert) done on an ONNX graph.
+ * quantization (fuse → prepare → calibrate → convert) done on an ONNX graph, with an automatic
+ * mode that tries methods and granularities on held-out samples and an accuracy budget that
+ * puts the most sensitive ops back to float.
  */
 import { accessSync, constants, statSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { runCalibration, checkCalibrationFiles, inferTensorTypes, withExtraOutputs } from './calibrate.js';
 import { EdgeqError, fsError } from './errors.js';
 import { kernelCensus, type KernelCensus } from './inspect.js';
-import { NpyFile } from './npy.js';
-import { HistogramObserver } from './observe/histogram.js';
-import { MinMaxObserver } from './observe/minmax.js';
-import type { Observer } from './observe/observer.js';
-import { onnxOpset } from './onnx/graph.js';
-import { readModel, writeModel } from './onnx/model.js';
-import { foldConstantNodes, foldInitializerIdentities } from './passes/constants.js';
-import { foldBatchNorm } from './passes/fold-bn.js';
-import type { CalibrationMethod, Profile } from './profiles.js';
-import { emitQdq } from './qdq/emit.js';
-import { candidateTensors, makePlan, type Skipped } from './qdq/plan.js';
+import { readNpy } from './npy.js';
+import { METHODS, checkPercentile, type CalibrationMethod } from './observe/range-search.js';
+import { encodeModel, writeModel } from './onnx/model.js';
+import {
+  calibrate, checkExclusions, closePrepared, convert, planOn, prepareModel, rangesFor, reference, score, tensorSqnr,
+  type Converted, type PreparedModel, type Reference, type Score,
+} from './pipeline.js';
+import type { Profile } from './profiles.js';
+import type { Skipped } from './qdq/plan.js';
 import { openSession } from './runtime.js';
 
 export { EdgeqError } from './errors.js';
-export type { Profile, ProfileName, CalibrationMethod } from './profiles.js';
+export type { Profile, ProfileName } from './profiles.js';
 export { PROFILES, profileWith, isProfileName } from './profiles.js';
+export { METHODS, type CalibrationMethod } from './observe/range-search.js';
 
 export interface QuantizeOptions {
   model: string;
@@ -31,15 +31,30 @@ export interface QuantizeOptions {
   calib: Map<string, string>;
   out: string;
   profile: Profile;
-  /** Defaults to the profile's method. */
-  method?: CalibrationMethod;
+  /** A calibration method, or 'auto' to try them all on held-out samples. Defaults to the profile's. */
+  method?: CalibrationMethod | 'auto';
+  /** For the percentile method: in (0, 100], default 99.999. */
+  percentile?: number;
   /** Use at most this many calibration samples. */
   calibCount?: number;
   /** Node names to keep in float. */
   exclude?: string[];
+  /** Labels (.npy, one class index per calibration sample) for scoring by accuracy instead of agreement. */
+  labels?: string;
+  /** Accuracy budget in points of top-1 (against labels if given, else agreement with fp32). */
+  maxDrop?: number;
   threads?: number;
   batchSize?: number;
-  onProgress?: (stage: 'calibrate', done: number, total: number) => void;
+  onProgress?: (stage: 'calibrate' | 'search', done: number, total: number) => void;
+}
+
+export interface CandidateRow {
+  method: CalibrationMethod;
+  perChannel: boolean;
+  agreement: number;
+  sqnrDb: number;
+  accuracy?: number;
+  ms: number;
 }
 
 export interface QuantizeResult {
@@ -58,7 +73,13 @@ export interface QuantizeResult {
   floatOps: Record<string, number>;
   skipped: Skipped[];
   warnings: string[];
-  timingsMs: { load: number; calibrate: number; convert: number; verify: number; total: number };
+  /** Held-out evaluation, when auto or an accuracy budget asked for one. */
+  heldOut?: { samples: number; metric: 'top1' | 'agreement'; fp32?: number; int8: Score; dropPoints: number };
+  /** Every combination auto tried, best first. */
+  candidates?: CandidateRow[];
+  /** Ops put back to float to meet the accuracy budget, most sensitive first. */
+  fallback?: Array<{ node: string; opType: string; sqnrDb: number }>;
+  timingsMs: { load: number; calibrate: number; convert: number; search?: number; verify: number; total: number };
 }
 
 function checkWritable(out: string, model: string): void {
@@ -77,77 +98,147 @@ function checkWritable(out: string, model: string): void {
   }
 }
 
-function fileSize(path: string): number {
-  return statSync(path).size;
+function checkOptions(opts: QuantizeOptions): void {
+  const m = opts.method;
+  if (m !== undefined && m !== 'auto' && !(METHODS as readonly string[]).includes(m)) {
+    throw new EdgeqError('E_ARGUMENT', `unknown calibration method "${m}" (use ${METHODS.join(', ')} or auto)`);
+  }
+  if (opts.percentile !== undefined) {
+    try {
+      checkPercentile(opts.percentile, '--percentile');
+    } catch (e) {
+      throw new EdgeqError('E_ARGUMENT', (e as Error).message);
+    }
+  }
+  if (opts.maxDrop !== undefined && !(opts.maxDrop >= 0)) throw new EdgeqError('E_ARGUMENT', `--max-drop must be 0 or more points, got ${opts.maxDrop}`);
+}
+
+/** Points of top-1 lost: against labels when there are, else disagreement with fp32. */
+function dropPoints(ref: Reference, s: Score): number {
+  if (ref.accuracy !== undefined && s.accuracy !== undefined) return Math.round((ref.accuracy - s.accuracy) * 1e4) / 100;
+  return Math.round((1 - s.agreement) * 1e4) / 100;
+}
+
+function better(a: Score, b: Score): boolean {
+  const ma = a.accuracy ?? a.agreement, mb = b.accuracy ?? b.agreement;
+  return ma !== mb ? ma > mb : a.sqnrDb > b.sqnrDb;
+}
+
+function loadLabels(path: string, needed: number): ArrayLike<number | bigint> {
+  const { data, shape } = readNpy(path);
+  if (shape.length !== 1 || !(data instanceof BigInt64Array || data instanceof Int32Array || data instanceof Uint8Array)) {
+    throw new EdgeqError('E_SHAPE_MISMATCH', `${path}: labels must be a 1-D integer array (one class per sample), got shape [${shape.join(', ')}]`);
+  }
+  if (shape[0] < needed) throw new EdgeqError('E_SHAPE_MISMATCH', `${path}: ${shape[0]} labels for ${needed} calibration samples`);
+  return data;
 }
 
 export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
+  checkOptions(opts);
   const warnings: string[] = [];
   const profile: Profile = { ...opts.profile };
-  const method = opts.method ?? profile.method;
   checkWritable(opts.out, opts.model);
-
-  // Load and prepare (PyTorch's fuse step): constants into initializers, BN into conv weights.
-  const model = readModel(opts.model);
-  const graph = model.graph!;
-  const opset = onnxOpset(model);
-  if (opset < 10) {
-    throw new EdgeqError('E_MODEL_UNSUPPORTED', `${opts.model} uses ONNX opset ${opset}; QuantizeLinear needs opset 10 or later (convert it with onnx.version_converter)`);
-  }
-  if (profile.perChannel && opset < 13) {
-    profile.perChannel = false;
-    warnings.push(`opset ${opset} has no per-channel DequantizeLinear (needs 13): weights quantized per tensor`);
-  }
-  const exclude = new Set(opts.exclude ?? []);
-  const nodeNames = new Set(graph.node.map((n) => n.name));
-  const unknown = [...exclude].filter((x) => !nodeNames.has(x));
-  if (unknown.length) {
-    throw new EdgeqError('E_EXCLUDE_UNKNOWN', `--exclude names no node of the model: ${unknown.join(', ')}`);
-  }
-  const files = new Map<string, NpyFile>();
+  const p = await prepareModel(opts.model, opts.calib);
   try {
-    for (const [name, path] of opts.calib) files.set(name, NpyFile.open(path));
-    foldConstantNodes(graph);
-    foldInitializerIdentities(graph);
-    const folded = foldBatchNorm(graph);
-
-    // Ask ORT the element type of every tensor that might be quantized.
-    const candidates = candidateTensors(graph, { opset, exclude });
-    const probeBytes = withExtraOutputs(model, candidates);
-    const { types, inputs } = await inferTensorTypes(probeBytes);
-    if (files.has('') ) {
-      if (inputs.length !== 1) {
-        throw new EdgeqError('E_CALIB_MISSING', `the model has ${inputs.length} inputs (${inputs.map((i) => i.name).join(', ')}): give --calib NAME=FILE.npy for each`);
-      }
-      files.set(inputs[0].name, files.get('')!);
-      files.delete('');
+    if (profile.perChannel && p.opset < 13) {
+      profile.perChannel = false;
+      warnings.push(`opset ${p.opset} has no per-channel DequantizeLinear (needs 13): weights quantized per tensor`);
     }
-    const available = checkCalibrationFiles(inputs, files);
-    const calibCount = Math.min(available, opts.calibCount ?? available);
-    const floats = new Set([...types].filter(([, t]) => t === 'float32').map(([n]) => n));
-    for (const i of inputs) if (i.type === 'float32') floats.add(i.name);
-    const plan = makePlan(graph, floats, { opset, exclude });
+    const exclude = new Set(opts.exclude ?? []);
+    checkExclusions(p, exclude);
+    const requested = opts.method ?? profile.method;
+    const scoring = requested === 'auto' || opts.maxDrop !== undefined;
+    const usable = Math.min(p.samples, opts.calibCount ?? p.samples);
+    // Auto and the accuracy budget judge candidates on samples calibration has not seen.
+    const holdout = scoring ? Math.min(200, Math.max(8, Math.round(usable * 0.2))) : 0;
+    const calibCount = usable - holdout;
+    if (scoring && calibCount < 8) {
+      throw new EdgeqError('E_CALIB_EMPTY', `auto and --max-drop hold out ${holdout} of the calibration samples for scoring and need at least 16 in all; ${usable} given`);
+    }
     const tLoad = performance.now();
 
-    // Calibrate (PyTorch's prepare + run): one observer per tensor, fed batch by batch.
-    const observers = new Map<string, Observer>();
-    for (const t of plan.observe) {
-      observers.set(t, method === 'minmax' ? new MinMaxObserver() : new HistogramObserver({ bins: profile.bins, dtype: profile.activations }));
-    }
-    const ranges = await runCalibration(probeBytes, inputs, { files, count: calibCount }, {
-      observers,
-      batchSize: opts.batchSize ?? 16,
+    const base = planOn(p, p.model, exclude);
+    const observers = await calibrate(p, base.observe, {
+      count: calibCount,
+      collect: requested === 'minmax' ? 'minmax' : 'histogram',
+      bins: profile.bins,
+      activations: profile.activations,
+      batchSize: opts.batchSize,
       threads: opts.threads,
       onProgress: (d, t) => opts.onProgress?.('calibrate', d, t),
     });
     const tCalib = performance.now();
 
-    // Convert: emit the QDQ graph and write it.
-    const totalNodes = graph.node.length;
-    emitQdq(graph, plan, ranges, profile);
-    model.producerName = 'edgeq';
-    writeModel(model, opts.out);
+    let chosen: { method: CalibrationMethod; profile: Profile; conv: Converted };
+    let candidates: CandidateRow[] | undefined;
+    let heldOut: QuantizeResult['heldOut'];
+    let fallback: QuantizeResult['fallback'];
+    let tSearch = tCalib;
+    // Ranges depend on the method only, not on weight granularity: decide each method once.
+    const rangeCache = new Map<CalibrationMethod, ReturnType<typeof rangesFor>>();
+    const rangesOf = (method: CalibrationMethod, prof: Profile) => {
+      let r = rangeCache.get(method);
+      if (!r) rangeCache.set(method, (r = rangesFor(observers, method, prof, opts.percentile)));
+      return r;
+    };
+    const make = (method: CalibrationMethod, prof: Profile, ex: Set<string>) => convert(p, rangesOf(method, prof), prof, ex);
+
+    if (!scoring) {
+      chosen = { method: requested as CalibrationMethod, profile, conv: make(requested as CalibrationMethod, profile, exclude) };
+    } else {
+      const labels = opts.labels ? loadLabels(opts.labels, usable) : undefined;
+      const ref = await reference(p, calibCount, holdout, labels, opts.threads);
+      const combos: Array<{ method: CalibrationMethod; prof: Profile }> = [];
+      const methods = requested === 'auto' ? METHODS : [requested];
+      const grains = requested === 'auto' && p.opset >= 13 ? [true, false] : [profile.perChannel];
+      for (const m of methods) for (const pc of grains) combos.push({ method: m, prof: { ...profile, perChannel: pc } });
+      candidates = [];
+      let best: { method: CalibrationMethod; prof: Profile; conv: Converted; score: Score } | undefined;
+      for (const [i, c] of combos.entries()) {
+        const t = performance.now();
+        const conv = make(c.method, c.prof, exclude);
+        const s = await score(p, ref, encodeModel(conv.model), opts.threads);
+        candidates.push({ method: c.method, perChannel: c.prof.perChannel, agreement: s.agreement, sqnrDb: round(s.sqnrDb), accuracy: s.accuracy, ms: round(performance.now() - t) });
+        if (!best || better(s, best.score)) best = { ...c, conv, score: s };
+        opts.onProgress?.('search', i + 1, combos.length);
+      }
+      candidates.sort((a, b) => (b.accuracy ?? b.agreement) - (a.accuracy ?? a.agreement) || b.sqnrDb - a.sqnrDb);
+      let current = best!;
+      let drop = dropPoints(ref, current.score);
+      if (opts.maxDrop !== undefined && drop > opts.maxDrop) {
+        // Sensitivity: SQNR of each compute op's output, float vs int8; the worst go back to float first.
+        const computeOps = [...current.conv.plan.nodes].filter(([, r]) => r.output !== 'shareInput').map(([n]) => n);
+        const sqnr = await tensorSqnr(p, current.conv, ref, computeOps.map((n) => n.output[0]), opts.threads);
+        const ranked = computeOps
+          .map((n) => ({ node: n.name, opType: n.opType, sqnrDb: round(sqnr.get(n.output[0]) ?? Infinity) }))
+          .filter((r) => Number.isFinite(r.sqnrDb))
+          .sort((a, b) => a.sqnrDb - b.sqnrDb);
+        const limit = Math.max(1, Math.ceil(computeOps.length / 2));
+        const ex = new Set(exclude);
+        fallback = [];
+        for (const r of ranked.slice(0, limit)) {
+          ex.add(r.node);
+          fallback.push(r);
+          const conv = make(current.method, current.prof, ex);
+          const s = await score(p, ref, encodeModel(conv.model), opts.threads);
+          current = { ...current, conv, score: s };
+          drop = dropPoints(ref, s);
+          if (drop <= opts.maxDrop) break;
+        }
+        if (drop > opts.maxDrop) {
+          throw new EdgeqError(
+            'E_ACCURACY_BUDGET',
+            `cannot keep the top-1 drop within ${opts.maxDrop} points: still ${drop} points after putting ${fallback.length} of ${computeOps.length} ops back to float (${fallback.map((f) => f.node).join(', ')}); no model written`,
+          );
+        }
+      }
+      chosen = { method: current.method, profile: current.prof, conv: current.conv };
+      heldOut = { samples: holdout, metric: ref.accuracy !== undefined ? 'top1' : 'agreement', fp32: ref.accuracy, int8: current.score, dropPoints: drop };
+      tSearch = performance.now();
+    }
+
+    writeModel(chosen.conv.model, opts.out);
     const tConvert = performance.now();
 
     // Verify: ORT must load it unoptimized and optimized, and the census says what runs in int8.
@@ -161,35 +252,42 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       throw new EdgeqError('E_RUNTIME', `the int8 model failed to load in ONNX Runtime and was removed: ${(e as Error).message}`, { cause: e });
     }
     const tVerify = performance.now();
+    const plan = chosen.conv.plan;
     return {
       outPath: resolve(opts.out),
-      profile: profile.name,
-      method,
-      perChannel: profile.perChannel,
-      reduceRange: profile.reduceRange,
+      profile: chosen.profile.name,
+      method: chosen.method,
+      perChannel: chosen.profile.perChannel,
+      reduceRange: chosen.profile.reduceRange,
       calibCount,
-      opset,
-      sizeBytes: { fp32: fileSize(opts.model), int8: fileSize(opts.out) },
-      nodes: { total: totalNodes, quantized: plan.nodes.size },
-      foldedBatchNorms: folded.length,
+      opset: p.opset,
+      sizeBytes: { fp32: statSync(opts.model).size, int8: statSync(opts.out).size },
+      nodes: { total: p.model.graph!.node.length, quantized: plan.nodes.size },
+      foldedBatchNorms: p.foldedBatchNorms,
       absorbedActivations: plan.absorptions.length,
       int8Ops: census.int8Ops,
       floatOps: census.floatOps,
       skipped: plan.skipped,
       warnings,
+      ...(heldOut ? { heldOut } : {}),
+      ...(candidates ? { candidates } : {}),
+      ...(fallback ? { fallback } : {}),
       timingsMs: {
         load: round(tLoad - t0),
         calibrate: round(tCalib - tLoad),
-        convert: round(tConvert - tCalib),
+        ...(scoring ? { search: round(tSearch - tCalib) } : {}),
+        convert: round(tConvert - tSearch),
         verify: round(tVerify - tConvert),
         total: round(tVerify - t0),
       },
     };
   } finally {
-    for (const f of files.values()) f.close();
+    closePrepared(p);
   }
 }
 
-function round(ms: number): number {
-  return Math.round(ms * 10) / 10;
+function round(x: number): number {
+  return Math.round(x * 10) / 10;
 }
+
+export type { PreparedModel };

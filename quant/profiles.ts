@@ -4,7 +4,9 @@
  */
 export type ProfileName = 'fbgemm' | 'qnnpack';
 export type ActivationType = 'uint8' | 'int8';
-export type CalibrationMethod = 'minmax' | 'histogram';
+import type { CalibrationMethod } from './observe/range-search.js';
+
+export type { CalibrationMethod };
 
 export interface Profile {
   name: ProfileName;

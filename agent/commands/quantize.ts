@@ -1,6 +1,6 @@
 /** `edgeq quantize`: float32 ONNX model + calibration .npy → int8 QDQ model. */
 import type { Argv } from 'yargs';
-import { EdgeqError, isProfileName, profileWith, quantize, type QuantizeResult } from '../../quant/index.js';
+import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeResult } from '../../quant/index.js';
 import { chooseProfile, localCpu } from '../detect.js';
 import { formatBytes, printJson, progressLine, reportError } from '../output.js';
 
@@ -13,6 +13,12 @@ export interface QuantizeArgs {
   'calib-count'?: number;
   'per-channel'?: boolean;
   'per-tensor'?: boolean;
+  'reduce-range'?: boolean;
+  activations?: string;
+  bins?: number;
+  percentile?: number;
+  labels?: string;
+  'max-drop'?: number;
   exclude: string[];
   threads?: number;
   json: boolean;
@@ -48,11 +54,17 @@ export function quantizeCommand(y: Argv): Argv {
         .option('calib', { type: 'string', array: true, demandOption: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
         .option('out', { type: 'string', demandOption: true, describe: 'where to write the int8 model (written atomically)' })
         .option('profile', { type: 'string', default: 'auto', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto picks from this CPU' })
-        .option('method', { type: 'string', choices: ['minmax', 'histogram'], describe: "activation range observer (default: the profile's, histogram)" })
+        .option('method', { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" })
+        .option('percentile', { type: 'number', describe: 'for --method percentile: the share of values the range covers, in (0, 100] (default 99.999)' })
+        .option('labels', { type: 'string', describe: 'class labels (.npy, one per calibration sample): auto and --max-drop score by top-1 accuracy instead of agreement with fp32' })
+        .option('max-drop', { type: 'number', describe: 'accuracy budget in top-1 points; the most sensitive ops go back to float until it holds, else nothing is written' })
         .option('calib-count', { type: 'number', describe: 'use at most N calibration samples' })
         .option('per-channel', { type: 'boolean', describe: 'per-channel weight scales (fbgemm default)' })
         .option('per-tensor', { type: 'boolean', describe: 'one weight scale per tensor (qnnpack default)' })
         .conflicts('per-channel', 'per-tensor')
+        .option('reduce-range', { type: 'boolean', describe: '7-bit weights (--no-reduce-range: 8-bit); default: on for x86 without VNNI' })
+        .option('activations', { type: 'string', choices: ['uint8', 'int8'], describe: 'activation type (default uint8: fusions survive residual branches on x86)' })
+        .option('bins', { type: 'number', describe: 'histogram bins for histogram-based methods (default 2048)' })
         .option('exclude', { type: 'string', array: true, default: [], describe: 'node names to keep in float (repeat or list)' })
         .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads for calibration (default: all cores)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the result (or error) as one JSON object' })
@@ -76,16 +88,25 @@ export async function runQuantize(args: QuantizeArgs): Promise<void> {
     else throw new EdgeqError('E_ARGUMENT', `unknown profile ${args.profile}`);
     if (args['per-channel']) profile.perChannel = true;
     if (args['per-tensor']) profile.perChannel = false;
+    if (args['reduce-range'] !== undefined) profile.reduceRange = args['reduce-range'];
+    if (args.activations === 'uint8' || args.activations === 'int8') profile.activations = args.activations;
+    if (args.bins !== undefined) {
+      if (!Number.isInteger(args.bins) || args.bins < 16 || args.bins > 65536) throw new EdgeqError('E_ARGUMENT', `--bins must be a whole number from 16 to 65536, got ${args.bins}`);
+      profile.bins = args.bins;
+    }
     const result = await quantize({
       model: args.model,
       calib: parseCalibArgs(args.calib),
       out: args.out,
       profile,
-      method: args.method as 'minmax' | 'histogram' | undefined,
+      method: args.method as CalibrationMethod | 'auto' | undefined,
+      percentile: args.percentile,
+      labels: args.labels,
+      maxDrop: args['max-drop'],
       calibCount: count,
       exclude: args.exclude.flatMap((e) => e.split(',')).filter((e) => e),
       threads: args.threads,
-      onProgress: (_stage, done, total) => progress.update('calibrating', done, total),
+      onProgress: (stage, done, total) => progress.update(stage === 'calibrate' ? 'calibrating' : 'trying candidates', done, total),
     });
     progress.done();
     if (args.json) printJson(result);
@@ -101,17 +122,29 @@ function ops(rec: Record<string, number>): string {
   return e.length ? e.map(([k, v]) => `${k}×${v}`).join(', ') : 'none';
 }
 
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
 function printSummary(r: QuantizeResult): void {
-  const pct = ((100 * r.sizeBytes.int8) / r.sizeBytes.fp32).toFixed(1);
   const lines = [
     `wrote ${r.outPath}`,
     `  profile ${r.profile} (${r.perChannel ? 'per-channel' : 'per-tensor'} weights${r.reduceRange ? ', reduce_range' : ''}), ${r.method} observer, ${r.calibCount} calibration samples`,
-    `  size ${formatBytes(r.sizeBytes.fp32)} → ${formatBytes(r.sizeBytes.int8)} (${pct}%)`,
+    `  size ${formatBytes(r.sizeBytes.fp32)} → ${formatBytes(r.sizeBytes.int8)} (${pct(r.sizeBytes.int8 / r.sizeBytes.fp32)})`,
     `  quantized ${r.nodes.quantized} of ${r.nodes.total} nodes; folded ${r.foldedBatchNorms} BatchNorm, absorbed ${r.absorbedActivations} activations`,
     `  int8 in ORT: ${ops(r.int8Ops)}`,
     `  float in ORT: ${ops(r.floatOps)}`,
     `  time ${(r.timingsMs.total / 1000).toFixed(2)} s (calibrate ${(r.timingsMs.calibrate / 1000).toFixed(2)} s)`,
   ];
+  if (r.heldOut) {
+    const h = r.heldOut;
+    lines.push(`  held-out ${h.samples} samples: ${h.metric === 'top1' ? `top-1 ${pct(h.fp32 ?? 0)} → ${pct(h.int8.accuracy ?? 0)}` : `agreement with fp32 ${pct(h.int8.agreement)}`}, SQNR ${h.int8.sqnrDb.toFixed(1)} dB, drop ${h.dropPoints} points`);
+  }
+  if (r.candidates) {
+    lines.push('  candidates (best first):');
+    for (const c of r.candidates) {
+      lines.push(`    ${c.method.padEnd(10)} ${c.perChannel ? 'per-channel' : 'per-tensor '}  ${c.accuracy !== undefined ? `top-1 ${pct(c.accuracy)}  ` : ''}agreement ${pct(c.agreement)}  SQNR ${c.sqnrDb.toFixed(1)} dB`);
+    }
+  }
+  if (r.fallback?.length) lines.push(`  kept in float for the accuracy budget: ${r.fallback.map((f) => `${f.node} (${f.opType}, ${f.sqnrDb} dB)`).join(', ')}`);
   for (const w of r.warnings) lines.push(`  warning: ${w}`);
   process.stdout.write(lines.join('\n') + '\n');
 }

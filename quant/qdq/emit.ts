@@ -14,6 +14,8 @@ import { activationQParams, quantizeBias, quantizeWeight, type QParams, type Qua
 import type { Plan } from './plan.js';
 
 export interface EmitResult {
+  /** For each quantized activation tensor, a tensor that holds its dequantized value. */
+  dequantized: Map<string, string>;
   quantizedNodes: number;
   /** Activation tensors given a Q node. */
   quantizedTensors: number;
@@ -119,6 +121,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
 
   // 3. Q after each quantized tensor's producer, one DQ per consumer. Every consumer, float ones
   //    included, reads through a DQ: the producer's output must feed nothing but its Q to fuse.
+  const dequantized = new Map<string, string>();
   const rename = (n: NodeProto, from: string, to: string) => {
     for (let i = 0; i < n.input.length; i++) if (n.input[i] === from) n.input[i] = to;
   };
@@ -138,8 +141,12 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
       const dq = names.fresh(`${id}.d`);
       newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [dq], ''));
       rename(c, t, dq);
+      if (!dequantized.has(t)) dequantized.set(t, dq);
     }
-    if (isOutput) newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [t], ''));
+    if (isOutput) {
+      newNodes.push(makeNode('DequantizeLinear', [qName, q.scaleName, q.zpName], [t], ''));
+      dequantized.set(t, t);
+    }
   }
 
   // 4. Weights (int8 symmetric) and biases (int32, scale = input scale × weight scale).
@@ -203,7 +210,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
   graph.node.push(...newNodes);
   removeUnusedInitializers(graph);
   topoSort(graph);
-  return { quantizedNodes: plan.nodes.size, quantizedTensors: new Set([...tq.values()]).size, perChannelWeights: perChannel };
+  return { dequantized, quantizedNodes: plan.nodes.size, quantizedTensors: new Set([...tq.values()]).size, perChannelWeights: perChannel };
 }
 
 function isWeight(n: NodeProto, rule: { weight?: (n: NodeProto, d: number[]) => unknown }, inits: Map<string, TensorProto>): boolean {

@@ -57,7 +57,7 @@ export interface PlanOptions {
 }
 
 /** Tensors whose element type decides whether a node can be quantized: its activation inputs and outputs. */
-export function candidateTensors(graph: GraphProto, opts: PlanOptions): Set<string> {
+export function candidateTensors(graph: GraphProto): Set<string> {
   const inits = initializerMap(graph);
   const out = new Set<string>();
   for (const n of graph.node) {
@@ -68,7 +68,6 @@ export function candidateTensors(graph: GraphProto, opts: PlanOptions): Set<stri
   }
   // Absorbable activation outputs are observed in place of the op output they replace.
   for (const n of graph.node) if (n.opType === 'Relu' || n.opType === 'Clip') out.add(n.output[0]);
-  void opts;
   return out;
 }
 
