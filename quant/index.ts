@@ -78,7 +78,7 @@ export interface QuantizeResult {
   /** Every combination auto tried, best first. */
   candidates?: CandidateRow[];
   /** Ops put back to float to meet the accuracy budget, most sensitive first. */
-  fallback?: Array<{ node: string; opType: string; sqnrDb: number }>;
+  fallback?: Array<{ node: string; opType: string; sqnrDb: number; lossDb: number }>;
   timingsMs: { load: number; calibrate: number; convert: number; search?: number; verify: number; total: number };
 }
 
@@ -207,19 +207,30 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       let current = best!;
       let drop = dropPoints(ref, current.score);
       if (opts.maxDrop !== undefined && drop > opts.maxDrop) {
-        // Sensitivity: SQNR of each compute op's output, float vs int8; the worst go back to float first.
-        const computeOps = [...current.conv.plan.nodes].filter(([, r]) => r.output !== 'shareInput').map(([n]) => n);
-        const sqnr = await tensorSqnr(p, current.conv, ref, computeOps.map((n) => n.output[0]), opts.threads);
+        // Sensitivity of an op: how much SQNR its output loses against its worst activation input
+        // (float vs int8, streamed over the held-out samples). Raw output SQNR would blame every op
+        // downstream of the real culprit; the loss across the op points at the culprit itself.
+        const computeOps = [...current.conv.plan.nodes].filter(([, r]) => r.output !== 'shareInput');
+        const original = originalNameOf(current.conv);
+        const inputsOf = new Map(computeOps.map(([n, r]) => [n, r.activations(n).filter((i) => n.input[i]).map((i) => original(n.input[i]))]));
+        const tensors = new Set<string>();
+        for (const [n] of computeOps) [original(n.output[0]), ...inputsOf.get(n)!].forEach((t) => tensors.add(t));
+        const sqnr = await tensorSqnr(p, current.conv, ref, [...tensors], opts.threads);
         const ranked = computeOps
-          .map((n) => ({ node: n.name, opType: n.opType, sqnrDb: round(sqnr.get(n.output[0]) ?? Infinity) }))
+          .map(([n]) => {
+            const out = sqnr.get(original(n.output[0])) ?? Infinity;
+            const ins = inputsOf.get(n)!.map((t) => sqnr.get(t) ?? Infinity);
+            const inWorst = ins.length ? Math.min(...ins) : Infinity;
+            return { node: n.name, opType: n.opType, sqnrDb: round(out), lossDb: Number.isFinite(inWorst) ? round(inWorst - out) : round(-out) };
+          })
           .filter((r) => Number.isFinite(r.sqnrDb))
-          .sort((a, b) => a.sqnrDb - b.sqnrDb);
+          .sort((a, b) => b.lossDb - a.lossDb);
         const limit = Math.max(1, Math.ceil(computeOps.length / 2));
         const ex = new Set(exclude);
         fallback = [];
         for (const r of ranked.slice(0, limit)) {
           ex.add(r.node);
-          fallback.push(r);
+          fallback.push({ node: r.node, opType: r.opType, sqnrDb: r.sqnrDb, lossDb: r.lossDb });
           const conv = make(current.method, current.prof, ex);
           const s = await score(p, ref, encodeModel(conv.model), opts.threads);
           current = { ...current, conv, score: s };
@@ -284,6 +295,16 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
   } finally {
     closePrepared(p);
   }
+}
+
+/**
+ * The emitter renames activation inputs to DQ outputs (and a quantized graph output's producer
+ * to a fresh name); this maps such names back to the tensor names of the float model.
+ */
+function originalNameOf(conv: Converted): (name: string) => string {
+  const back = new Map<string, string>(conv.renamedOutputs);
+  for (const [orig, dq] of conv.dequantized) back.set(dq, orig);
+  return (name) => back.get(name) ?? name;
 }
 
 function round(x: number): number {

@@ -139,6 +139,8 @@ export interface Converted {
   plan: Plan;
   /** For each quantized activation tensor, a tensor holding its dequantized int8 value. */
   dequantized: Map<string, string>;
+  /** Producer outputs renamed for a quantized graph output: new name → graph output name. */
+  renamedOutputs: Map<string, string>;
 }
 
 /** A QDQ model from the prepared float model and activation ranges. The prepared model is not touched. */
@@ -147,7 +149,7 @@ export function convert(p: PreparedModel, ranges: Map<string, Range>, profile: P
   const plan = planOn(p, model, exclude);
   const emitted = emitQdq(model.graph!, plan, ranges, profile);
   model.producerName = 'edgeq';
-  return { model, plan, dequantized: emitted.dequantized };
+  return { model, plan, dequantized: emitted.dequantized, renamedOutputs: emitted.renamedOutputs };
 }
 
 export interface Score {
@@ -251,20 +253,28 @@ export async function score(p: PreparedModel, ref: Reference, int8: Uint8Array, 
  * samples, streamed batch by batch (memory stays at one batch of activations).
  */
 export async function tensorSqnr(p: PreparedModel, conv: Converted, ref: Reference, tensors: string[], threads?: number): Promise<Map<string, number>> {
-  const pairs = tensors.filter((t) => conv.dequantized.has(t) && p.floats.has(t));
+  // A quantized tensor is read at its first DequantizeLinear; a float graph output (a Gemm or
+  // MatMul left with float output) under its own name.
+  const outputs = new Set(conv.model.graph!.output.map((o) => o.name));
+  const int8Name = new Map<string, string>();
+  for (const t of tensors) {
+    const q = conv.dequantized.get(t) ?? (outputs.has(t) ? t : undefined);
+    if (q && p.floats.has(t)) int8Name.set(t, q);
+  }
+  const pairs = [...int8Name.keys()];
   const fp = await openSession(p.probeBytes, { threads });
-  const q = await openSession(withExtraOutputs(conv.model, pairs.map((t) => conv.dequantized.get(t)!)), { threads, optimization: 'disabled' });
+  const q = await openSession(withExtraOutputs(conv.model, pairs.map((t) => int8Name.get(t)!)), { threads, optimization: 'disabled' });
   const acc = new Map(pairs.map((t) => [t, { sig: 0, noise: 0 }]));
   try {
     const plan = planBatches(p.inputs, ref.count, 8);
     const qOut = new Map<number, Record<string, ort.Tensor>>();
-    await forEachBatch(q, p.inputs, p.files, { ...plan, start: ref.start }, pairs.map((t) => conv.dequantized.get(t)!), async (out, start) => {
+    await forEachBatch(q, p.inputs, p.files, { ...plan, start: ref.start }, [...new Set(pairs.map((t) => int8Name.get(t)!))], async (out, start) => {
       // Keep the int8 batch until the float batch for the same samples has been compared.
       qOut.set(start, Object.fromEntries(Object.entries(out).map(([k, v]) => [k, new ort.Tensor('float32', Float32Array.from(v.data as Float32Array), v.dims)])));
       await forEachBatch(fp, p.inputs, p.files, { batch: plan.batch, total: Math.min(plan.batch, ref.start + ref.count - start), start }, pairs, (fo) => {
         for (const t of pairs) {
           const r = fo[t].data as Float32Array;
-          const g = qOut.get(start)![conv.dequantized.get(t)!].data as Float32Array;
+          const g = qOut.get(start)![int8Name.get(t)!].data as Float32Array;
           const a = acc.get(t)!;
           for (let i = 0; i < r.length; i++) {
             a.sig += r[i] * r[i];

@@ -16,6 +16,8 @@ import type { Plan } from './plan.js';
 export interface EmitResult {
   /** For each quantized activation tensor, a tensor that holds its dequantized value. */
   dequantized: Map<string, string>;
+  /** Producer outputs renamed so that a DequantizeLinear can produce the graph output: new name → graph output. */
+  renamedOutputs: Map<string, string>;
   quantizedNodes: number;
   /** Activation tensors given a Q node. */
   quantizedTensors: number;
@@ -122,6 +124,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
   // 3. Q after each quantized tensor's producer, one DQ per consumer. Every consumer, float ones
   //    included, reads through a DQ: the producer's output must feed nothing but its Q to fuse.
   const dequantized = new Map<string, string>();
+  const renamedOutputs = new Map<string, string>();
   const rename = (n: NodeProto, from: string, to: string) => {
     for (let i = 0; i < n.input.length; i++) if (n.input[i] === from) n.input[i] = to;
   };
@@ -133,6 +136,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
       if (!producer) continue; // a graph input passed straight through: leave it alone
       source = names.fresh(`${idOf(t, 'a')}.f`);
       producer.output[producer.output.indexOf(t)] = source;
+      renamedOutputs.set(source, t);
     }
     const id = idOf(t, 'a');
     const qName = names.fresh(`${id}.q`);
@@ -210,7 +214,7 @@ export function emitQdq(graph: GraphProto, plan: Plan, ranges: Map<string, Range
   graph.node.push(...newNodes);
   removeUnusedInitializers(graph);
   topoSort(graph);
-  return { dequantized, quantizedNodes: plan.nodes.size, quantizedTensors: new Set([...tq.values()]).size, perChannelWeights: perChannel };
+  return { dequantized, renamedOutputs, quantizedNodes: plan.nodes.size, quantizedTensors: new Set([...tq.values()]).size, perChannelWeights: perChannel };
 }
 
 function isWeight(n: NodeProto, rule: { weight?: (n: NodeProto, d: number[]) => unknown }, inits: Map<string, TensorProto>): boolean {
