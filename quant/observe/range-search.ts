@@ -472,6 +472,10 @@ export function entropyRange(snap: HistogramSnapshot, opts: EntropyOptions): Ran
   if (p.constant) return finish(p, p.lo, p.hi, opts);
   const g = foldAbs(p);
   const n = g.length;
+  // The bin holding 0 is the spike of every post-ReLU tensor (and of padded or background
+  // inputs); left in, it dominates the KL divergence and drives thresholds far too low.
+  // NVIDIA's pytorch-quantization entropy calibrator flattens it to its neighbour; so do we.
+  if (n > 1) g[0] = g[1];
   const amax = Math.max(-p.lo, p.hi);
   // One-signed data: a threshold below the near end would invert the range.
   const aMin = p.lo >= 0 || p.hi <= 0 ? Math.min(Math.abs(p.lo), Math.abs(p.hi)) : 0;

@@ -160,7 +160,8 @@ function refKl(p: Float64Array, q: Float64Array): number {
  * TensorRT on an |x| histogram: thresholds of i bins from 0, P = the first i bins with the rest
  * added to the last one, Q = those bins' own counts summed per level (linspace(0, i, levels + 1)
  * edges, digitized) and spread over P's non-empty bins; least KL, the last one on ties.
- * Thresholds with fewer bins than levels are skipped. Returns i.
+ * Thresholds with fewer bins than levels are skipped. The caller flattens the zero bin first.
+ * Returns i.
  */
 function tensorRtThreshold(abs: number[], levelsAt: (i: number) => number): number {
   let best = Infinity;
@@ -206,6 +207,8 @@ for (const ds of DATA) {
     const nAbs = Math.max(z, n - z);
     const abs: number[] = [];
     for (let k = 0; k < nAbs; k++) abs.push((z + k < n ? snap.histogram[z + k] : 0) + (z - 1 - k >= 0 ? snap.histogram[z - 1 - k] : 0));
+    // As NVIDIA's pytorch-quantization does: the bin at 0 (the ReLU spike) takes its neighbour's count.
+    if (abs.length > 1) abs[0] = abs[1];
     const cases = [
       // asymmetric: 256 levels over the clipped range [max(min, -a), min(max, a)], which contains 0
       { opts: { dtype: 'uint8', symmetric: false } as const, levelsAt: (i: number) => Math.round((256 * i) / (Math.min(i, z) + Math.min(i, n - z))) },
