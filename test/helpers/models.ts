@@ -3,6 +3,7 @@ import { create } from '@bufbuild/protobuf';
 import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema, TypeProtoSchema, TypeProto_TensorSchema, TensorShapeProtoSchema, TensorShapeProto_DimensionSchema, ValueInfoProtoSchema } from 'onnx-buf';
 import type { ModelProto, NodeProto, TensorProto, ValueInfoProto } from 'onnx-buf';
 import { DT } from '../../quant/onnx/tensor.js';
+import { rng } from './random.js';
 
 export { makeNode } from '../../quant/onnx/graph.js';
 export { makeTensor } from '../../quant/onnx/tensor.js';
@@ -34,16 +35,10 @@ export function buildModel(nodes: NodeProto[], inputs: ValueInfoProto[], outputs
   });
 }
 
-/** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
+/** Deterministic pseudo-random floats in [-scale, scale). */
 export function randomFloats(n: number, seed: number, scale = 1): Float32Array {
-  let a = seed >>> 0;
+  const next = rng(seed);
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
-  }
+  for (let i = 0; i < n; i++) out[i] = (next() * 2 - 1) * scale;
   return out;
 }

@@ -1,4 +1,5 @@
 import test from 'ava';
+import { rng } from '../helpers/random.js';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readNpy } from '../../quant/npy.js';
@@ -104,17 +105,7 @@ for (const [name, c] of Object.entries(refs.cases)) {
   }
 }
 
-// A deterministic generator (mulberry32 + Box-Muller) for the property checks.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Normal samples (Box-Muller) from the shared deterministic generator.
 function normals(rand: () => number, n: number, mean: number, sd: number): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {

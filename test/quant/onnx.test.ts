@@ -3,6 +3,7 @@
  * test cases, message equality, external data, bad input, unknown fields and int64 exactness.
  */
 import test from 'ava';
+import { rng } from '../helpers/random.js';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -64,17 +65,6 @@ function buildModel(parts: {
   });
 }
 
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** x[1,64] · W[64,32] + B[32]: W is 8 KiB, B 128 bytes. */
 function matmulModel(): ModelProto {

@@ -4,6 +4,7 @@
  * same bins; nothing shared with the implementation), plus properties every method must hold.
  */
 import test from 'ava';
+import { rng } from '../helpers/random.js';
 import { HistogramObserver } from '../../quant/observe/histogram.js';
 import type { Range } from '../../quant/observe/observer.js';
 import type { QDtype } from '../../quant/observe/qparams.js';
@@ -14,16 +15,6 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Deterministic data
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function gauss(rand: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
 }
