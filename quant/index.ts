@@ -7,6 +7,7 @@
 import { accessSync, constants, statSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { correctBiases, type BiasCorrection } from './bias-correction.js';
 import { EdgeqError, fsError } from './errors.js';
 import { kernelCensus, type KernelCensus } from './inspect.js';
 import { readNpy } from './npy.js';
@@ -43,6 +44,8 @@ export interface QuantizeOptions {
   labels?: string;
   /** Accuracy budget in points of top-1 (against labels if given, else agreement with fp32). */
   maxDrop?: number;
+  /** Correct each Conv/Gemm channel's bias for the mean error weight quantization causes. */
+  biasCorrection?: boolean;
   threads?: number;
   batchSize?: number;
   onProgress?: (stage: 'calibrate' | 'search', done: number, total: number) => void;
@@ -77,6 +80,8 @@ export interface QuantizeResult {
   heldOut?: { samples: number; metric: 'top1' | 'agreement'; fp32?: number; int8: Score; dropPoints: number };
   /** Every combination auto tried, best first. */
   candidates?: CandidateRow[];
+  /** Bias correction applied, per Conv/Gemm. */
+  biasCorrection?: BiasCorrection[];
   /** Ops put back to float to meet the accuracy budget, most sensitive first. */
   fallback?: Array<{ node: string; opType: string; sqnrDb: number; lossDb: number }>;
   timingsMs: { load: number; calibrate: number; convert: number; search?: number; verify: number; total: number };
@@ -249,6 +254,18 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       tSearch = performance.now();
     }
 
+    let corrections: BiasCorrection[] | undefined;
+    if (opts.biasCorrection) {
+      const measured = await correctBiases(p, chosen.conv.plan, chosen.profile, { start: 0, count: Math.min(calibCount, 128) }, opts.threads);
+      corrections = measured.corrections;
+      const excluded = new Set([...exclude, ...(fallback ?? []).map((f) => f.node)]);
+      chosen = { ...chosen, conv: convert(measured.prepared, rangesFor(observers, chosen.method, chosen.profile, opts.percentile), chosen.profile, excluded) };
+      if (heldOut) {
+        const ref = await reference(p, calibCount, holdout, opts.labels ? loadLabels(opts.labels, usable) : undefined, opts.threads);
+        const s = await score(p, ref, encodeModel(chosen.conv.model), opts.threads);
+        heldOut = { ...heldOut, int8: s, dropPoints: dropPoints(ref, s) };
+      }
+    }
     writeModel(chosen.conv.model, opts.out);
     const tConvert = performance.now();
 
@@ -283,6 +300,7 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       ...(heldOut ? { heldOut } : {}),
       ...(candidates ? { candidates } : {}),
       ...(fallback ? { fallback } : {}),
+      ...(corrections ? { biasCorrection: corrections } : {}),
       timingsMs: {
         load: round(tLoad - t0),
         calibrate: round(tCalib - tLoad),

@@ -19,6 +19,7 @@ export interface QuantizeArgs {
   percentile?: number;
   labels?: string;
   'max-drop'?: number;
+  'bias-correction'?: boolean;
   exclude: string[];
   threads?: number;
   json: boolean;
@@ -57,6 +58,7 @@ export function quantizeCommand(y: Argv): Argv {
         .option('method', { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" })
         .option('percentile', { type: 'number', describe: 'for --method percentile: the share of values the range covers, in (0, 100] (default 99.999)' })
         .option('labels', { type: 'string', describe: 'class labels (.npy, one per calibration sample): auto and --max-drop score by top-1 accuracy instead of agreement with fp32' })
+        .option('bias-correction', { type: 'boolean', describe: 'correct each Conv/Gemm channel bias for the mean output shift weight quantization causes, measured on calibration samples' })
         .option('max-drop', { type: 'number', describe: 'accuracy budget in top-1 points; the most sensitive ops go back to float until it holds, else nothing is written' })
         .option('calib-count', { type: 'number', describe: 'use at most N calibration samples' })
         .option('per-channel', { type: 'boolean', describe: 'per-channel weight scales (fbgemm default)' })
@@ -103,6 +105,7 @@ export async function runQuantize(args: QuantizeArgs): Promise<void> {
       percentile: args.percentile,
       labels: args.labels,
       maxDrop: args['max-drop'],
+      biasCorrection: args['bias-correction'],
       calibCount: count,
       exclude: args.exclude.flatMap((e) => e.split(',')).filter((e) => e),
       threads: args.threads,
@@ -145,6 +148,7 @@ function printSummary(r: QuantizeResult): void {
     }
   }
   if (r.fallback?.length) lines.push(`  kept in float for the accuracy budget: ${r.fallback.map((f) => `${f.node} (${f.opType}, ${f.sqnrDb} dB)`).join(', ')}`);
+  if (r.biasCorrection) lines.push(`  bias correction on ${r.biasCorrection.length} ops (largest shift ${Math.max(0, ...r.biasCorrection.map((b) => b.maxShift))})`);
   for (const w of r.warnings) lines.push(`  warning: ${w}`);
   process.stdout.write(lines.join('\n') + '\n');
 }

@@ -7,7 +7,10 @@ import { EdgeqError } from '../../quant/errors.js';
 import { writeModel } from '../../quant/onnx/model.js';
 import { writeNpy } from '../../quant/npy.js';
 import { chooseProfile, localCpu } from '../../agent/detect.js';
-import { CLI, FMNIST, tempDir } from '../helpers/fixtures.js';
+import { CLI, FMNIST, ROOT, tempDir } from '../helpers/fixtures.js';
+import { NpyFile } from '../../quant/npy.js';
+import { firstOutput } from '../../quant/eval.js';
+import { sqnrDb } from '../../quant/pipeline.js';
 import { buildModel, floatInput, makeNode, makeTensor, randomFloats } from '../helpers/models.js';
 
 const profile = chooseProfile(localCpu()).profile;
@@ -107,4 +110,22 @@ test('bad options: unknown method, percentile outside (0, 100], negative --max-d
   const profileBad = cli(['--profile', 'tflite']);
   t.is(profileBad.status, 2);
   t.false(existsSync(join(dir, 'q.onnx')));
+});
+
+test('bias correction shifts Conv/Gemm biases and brings the depthwise fixture closer to fp32', async (t) => {
+  const dir = tempDir(t);
+  const model = join(ROOT, 'test/fixtures/fmnist-mobilenet/model.onnx');
+  const common = { model, calib: new Map([['', FMNIST.calib]]), profile: { ...profile, perChannel: false, reduceRange: true }, method: 'minmax' as const, calibCount: 100 };
+  const plain = await quantize({ ...common, out: join(dir, 'plain.onnx') });
+  const corrected = await quantize({ ...common, out: join(dir, 'bc.onnx'), biasCorrection: true });
+  t.is(plain.biasCorrection, undefined);
+  t.is(corrected.biasCorrection!.length, 18, 'every Conv and the Gemm');
+  t.true(corrected.biasCorrection!.some((b) => b.maxShift > 0));
+  const data = NpyFile.open(FMNIST.test);
+  t.teardown(() => data.close());
+  const files = new Map([['', data]]);
+  const ref = await firstOutput(model, files, 200);
+  const a = sqnrDb(ref.data, (await firstOutput(plain.outPath, files, 200)).data);
+  const b = sqnrDb(ref.data, (await firstOutput(corrected.outPath, files, 200)).data);
+  t.true(b > a + 1, `logit SQNR ${a.toFixed(2)} dB → ${b.toFixed(2)} dB`);
 });
