@@ -1,6 +1,6 @@
 /**
  * `npm run bench:methods`: every calibration method × profile × weight granularity on both
- * Fashion-MNIST fixtures, plus auto and auto with a 0.5-point budget; writes
+ * Fashion-MNIST fixtures, bias correction, plus auto and auto with a 0.5-point budget; writes
  * bench/METHODS.md. Accuracy is measured on the 1000 test images, never seen in calibration.
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -75,6 +75,9 @@ async function main(): Promise<void> {
       }
     }
     const singles = rows.slice();
+    for (const perChannel of [true, false]) {
+      await run(`${cpu.profile.name} · histogram · ${perChannel ? 'per-channel' : 'per-tensor'} + bias correction`, { ...cpu.profile, perChannel }, { method: 'histogram', biasCorrection: true });
+    }
     await run(`auto (${cpu.profile.name})`, cpu.profile, { method: 'auto' });
     try {
       await run(`auto --max-drop 0.5 (${cpu.profile.name})`, cpu.profile, { method: 'auto', maxDrop: 0.5 });
