@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'E_EXCLUDE_UNKNOWN'
   | 'E_ARGUMENT'
   | 'E_ACCURACY_BUDGET'
+  | 'E_CONFIG_INVALID'
   | 'E_RUNTIME';
 
 export class EdgeqError extends Error {

@@ -1,6 +1,7 @@
 /** `edgeq quantize`: float32 ONNX model + calibration .npy → int8 QDQ model. */
 import type { Argv } from 'yargs';
 import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeResult } from '../../quant/index.js';
+import { loadConfig } from '../config.js';
 import { chooseProfile, localCpu } from '../detect.js';
 import { formatBytes, printJson, progressLine, reportError } from '../output.js';
 
@@ -8,7 +9,8 @@ export interface QuantizeArgs {
   model: string;
   calib: string[];
   out: string;
-  profile: string;
+  profile?: string;
+  config?: string;
   method?: string;
   'calib-count'?: number;
   'per-channel'?: boolean;
@@ -54,7 +56,8 @@ export function quantizeCommand(y: Argv): Argv {
         .option('model', { type: 'string', demandOption: true, describe: 'float32 ONNX model to convert' })
         .option('calib', { type: 'string', array: true, demandOption: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
         .option('out', { type: 'string', demandOption: true, describe: 'where to write the int8 model (written atomically)' })
-        .option('profile', { type: 'string', default: 'auto', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto picks from this CPU' })
+        .option('profile', { type: 'string', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto (default) picks from this CPU' })
+        .option('config', { type: 'string', describe: 'JSON file whose "quantize" section sets defaults (profile, perChannel, reduceRange, activations, method, bins, percentile, maxDrop, biasCorrection); flags override it' })
         .option('method', { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" })
         .option('percentile', { type: 'number', describe: 'for --method percentile: the share of values the range covers, in (0, 100] (default 99.999)' })
         .option('labels', { type: 'string', describe: 'class labels (.npy, one per calibration sample): auto and --max-drop score by top-1 accuracy instead of agreement with fp32' })
@@ -84,10 +87,17 @@ export async function runQuantize(args: QuantizeArgs): Promise<void> {
     const count = args['calib-count'];
     if (count !== undefined && (!Number.isInteger(count) || count < 1)) throw new EdgeqError('E_ARGUMENT', `--calib-count must be a positive whole number, got ${count}`);
     if (args.threads !== undefined && (!Number.isInteger(args.threads) || args.threads < 1)) throw new EdgeqError('E_ARGUMENT', `--threads must be a positive whole number, got ${args.threads}`);
+    const cfg = args.config ? loadConfig(args.config).quantize : {};
+    const profileName = args.profile ?? cfg.profile ?? 'auto';
     let profile;
-    if (args.profile === 'auto') profile = chooseProfile(localCpu()).profile;
-    else if (isProfileName(args.profile)) profile = profileWith(args.profile);
-    else throw new EdgeqError('E_ARGUMENT', `unknown profile ${args.profile}`);
+    if (profileName === 'auto') profile = chooseProfile(localCpu()).profile;
+    else if (isProfileName(profileName)) profile = profileWith(profileName);
+    else throw new EdgeqError('E_ARGUMENT', `unknown profile ${profileName}`);
+    // Precedence: flags over the config file over the profile's own values.
+    if (cfg.perChannel !== undefined) profile.perChannel = cfg.perChannel;
+    if (cfg.reduceRange !== undefined) profile.reduceRange = cfg.reduceRange;
+    if (cfg.activations) profile.activations = cfg.activations;
+    if (cfg.bins !== undefined) profile.bins = cfg.bins;
     if (args['per-channel']) profile.perChannel = true;
     if (args['per-tensor']) profile.perChannel = false;
     if (args['reduce-range'] !== undefined) profile.reduceRange = args['reduce-range'];
@@ -101,11 +111,11 @@ export async function runQuantize(args: QuantizeArgs): Promise<void> {
       calib: parseCalibArgs(args.calib),
       out: args.out,
       profile,
-      method: args.method as CalibrationMethod | 'auto' | undefined,
-      percentile: args.percentile,
+      method: (args.method ?? cfg.method) as CalibrationMethod | 'auto' | undefined,
+      percentile: args.percentile ?? cfg.percentile,
       labels: args.labels,
-      maxDrop: args['max-drop'],
-      biasCorrection: args['bias-correction'],
+      maxDrop: args['max-drop'] ?? cfg.maxDrop,
+      biasCorrection: args['bias-correction'] ?? cfg.biasCorrection,
       calibCount: count,
       exclude: args.exclude.flatMap((e) => e.split(',')).filter((e) => e),
       threads: args.threads,
