@@ -7,7 +7,7 @@
  * Sessions are measured one at a time (ORT's spinning threads would otherwise slow each other),
  * alternating fp32 and int8 over several rounds so drift on a shared machine hits both alike.
  */
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, arch, platform, release, totalmem } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -222,9 +222,10 @@ async function main(): Promise<void> {
   const md = render(results, facts);
   const path = join(ROOT, 'bench/RESULTS.md');
   writeFileSync(path, md + '\n');
-  writeFileSync(join(ROOT, 'bench/results.json'), JSON.stringify({ machine: facts, results }, null, 2) + '\n');
+  // Paths in the committed JSON are relative to the checkout.
+  const portable = results.map((r) => ('quantize' in r ? { ...r, quantize: { ...r.quantize, outPath: relative(ROOT, r.quantize.outPath) } } : r));
+  writeFileSync(join(ROOT, 'bench/results.json'), JSON.stringify({ machine: facts, results: portable }, null, 2) + '\n');
   log(`wrote ${relative(ROOT, path)} and bench/results.json`);
-  void statSync;
 }
 
 await main();
