@@ -9,7 +9,7 @@ import type { ModelProto } from 'onnx-buf';
 import { EdgeqError } from './errors.js';
 import { encodeModel } from './onnx/model.js';
 import type { NpyFile } from './npy.js';
-import type { Observer, Range } from './observe/observer.js';
+import type { Observer } from './observe/observer.js';
 import { forEachBatch, planBatches, type InputInfo } from './feed.js';
 import { openSession } from './runtime.js';
 
@@ -81,8 +81,11 @@ export interface CalibrateOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Runs `modelBytes` (which must output every observed tensor) over the data. */
-export async function runCalibration(modelBytes: Uint8Array, inputs: ModelInputInfo[], source: CalibrationSource, opts: CalibrateOptions): Promise<Map<string, Range>> {
+/**
+ * Runs `modelBytes` (which must output every observed tensor) over the data and feeds the
+ * observers. Deciding ranges is left to the caller: each method decides differently.
+ */
+export async function runCalibration(modelBytes: Uint8Array, inputs: ModelInputInfo[], source: CalibrationSource, opts: CalibrateOptions): Promise<void> {
   const session = await openSession(modelBytes, { threads: opts.threads });
   try {
     const fetches = [...opts.observers.keys()];
@@ -93,15 +96,6 @@ export async function runCalibration(modelBytes: Uint8Array, inputs: ModelInputI
       done += n;
       opts.onProgress?.(done, plan.total);
     });
-    const ranges = new Map<string, Range>();
-    for (const [name, obs] of opts.observers) {
-      try {
-        ranges.set(name, obs.decide());
-      } catch {
-        // A tensor that held no finite value (empty, or all NaN) gets no range and stays float.
-      }
-    }
-    return ranges;
   } finally {
     await session.release();
   }

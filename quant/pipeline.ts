@@ -7,6 +7,7 @@ import { clone } from '@bufbuild/protobuf';
 import { ModelProtoSchema, type ModelProto } from 'onnx-buf';
 import { checkCalibrationFiles, inferTensorTypes, runCalibration, withExtraOutputs } from './calibrate.js';
 import { EdgeqError } from './errors.js';
+import { accuracy, agreement, argmaxRows } from './eval.js';
 import { forEachBatch, planBatches, type InputInfo } from './feed.js';
 import { NpyFile } from './npy.js';
 import { HistogramObserver } from './observe/histogram.js';
@@ -171,17 +172,6 @@ export interface Reference {
   accuracy?: number;
 }
 
-function argmaxRows(data: Float32Array, n: number): Int32Array {
-  const k = data.length / n;
-  const out = new Int32Array(n);
-  for (let r = 0; r < n; r++) {
-    let best = 0;
-    for (let c = 1; c < k; c++) if (data[r * k + c] > data[r * k + best]) best = c;
-    out[r] = best;
-  }
-  return out;
-}
-
 async function runOutputs(model: Uint8Array, p: PreparedModel, start: number, count: number, threads?: number): Promise<Map<string, Float32Array>> {
   const session = await openSession(model, { threads });
   try {
@@ -211,10 +201,7 @@ export async function reference(p: PreparedModel, start: number, count: number, 
 }
 
 function top1Accuracy(data: Float32Array, n: number, labels: ArrayLike<number | bigint>, start: number): number {
-  const pred = argmaxRows(data, n);
-  let hit = 0;
-  for (let i = 0; i < n; i++) if (pred[i] === Number(labels[start + i])) hit++;
-  return hit / n;
+  return accuracy(argmaxRows(data, n), Array.from({ length: n }, (_x, i) => labels[start + i]));
 }
 
 export function sqnrDb(ref: Float32Array, got: Float32Array): number {
@@ -231,10 +218,7 @@ export function sqnrDb(ref: Float32Array, got: Float32Array): number {
 export async function score(p: PreparedModel, ref: Reference, int8: Uint8Array, threads?: number): Promise<Score> {
   const outs = await runOutputs(int8, p, ref.start, ref.count, threads);
   const [first] = ref.outputs.keys();
-  const a = argmaxRows(ref.outputs.get(first)!, ref.count);
-  const b = argmaxRows(outs.get(first)!, ref.count);
-  let same = 0;
-  for (let i = 0; i < a.length; i++) if (a[i] === b[i]) same++;
+  const same = agreement(argmaxRows(ref.outputs.get(first)!, ref.count), argmaxRows(outs.get(first)!, ref.count));
   let sig = 0, noise = 0;
   for (const [name, r] of ref.outputs) {
     const g = outs.get(name)!;
@@ -243,7 +227,7 @@ export async function score(p: PreparedModel, ref: Reference, int8: Uint8Array, 
       noise += (r[i] - g[i]) ** 2;
     }
   }
-  const s: Score = { samples: ref.count, agreement: same / ref.count, sqnrDb: noise === 0 ? Infinity : 10 * Math.log10(sig / noise) };
+  const s: Score = { samples: ref.count, agreement: same, sqnrDb: noise === 0 ? Infinity : 10 * Math.log10(sig / noise) };
   if (ref.labels) s.accuracy = top1Accuracy(outs.get(first)!, ref.count, ref.labels, ref.start);
   return s;
 }
