@@ -140,7 +140,7 @@ const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 function printSummary(r: QuantizeResult): void {
   const lines = [
     `wrote ${r.outPath}`,
-    `  profile ${r.profile} (${r.perChannel ? 'per-channel' : 'per-tensor'} weights${r.reduceRange ? ', reduce_range' : ''}), ${r.method} observer, ${r.calibCount} calibration samples`,
+    `  profile ${r.profile} (${r.perChannel ? 'per-channel' : 'per-tensor'} weights${r.reduceRange ? ', reduce_range' : ''}), ${r.method} ranges, ${r.calibCount} calibration samples`,
     `  size ${formatBytes(r.sizeBytes.fp32)} → ${formatBytes(r.sizeBytes.int8)} (${pct(r.sizeBytes.int8 / r.sizeBytes.fp32)})`,
     `  quantized ${r.nodes.quantized} of ${r.nodes.total} nodes; folded ${r.foldedBatchNorms} BatchNorm, absorbed ${r.absorbedActivations} activations`,
     `  int8 in ORT: ${ops(r.int8Ops)}`,
