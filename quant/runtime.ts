@@ -40,7 +40,7 @@ export async function openSession(model: string | Uint8Array, opts: SessionOptio
 /** Op-type counts of the graph ORT runs after its optimizations (QDQ fusions included). */
 export interface RuntimeGraph {
   ops: Record<string, number>;
-  /** Element type of every tensor ORT's saved graph declares, where it declares one. */
+  /** The runtime graph's nodes in execution order, for tracing which tensors are 8-bit. */
   nodes: Array<{ opType: string; domain: string; inputs: string[]; outputs: string[] }>;
 }
 
