@@ -34,7 +34,6 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_fixtures as mf  # noqa: E402
@@ -144,34 +143,6 @@ class MobileNet(nn.Module):
 # train (make_fixtures.train reads its module's EPOCHS/LR; this one uses ours)
 
 
-def train(model, x_train, y_train, log):
-    gen = torch.Generator().manual_seed(SEED + 1)
-    n = x_train.shape[0]
-    steps = (n + BATCH - 1) // BATCH
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, epochs=EPOCHS, steps_per_epoch=steps, pct_start=PCT_START)
-    model.to(memory_format=torch.channels_last)
-    for epoch in range(EPOCHS):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        t0, total_loss, correct = time.time(), 0.0, 0
-        for i in range(steps):
-            idx = perm[i * BATCH : (i + 1) * BATCH]
-            xb, yb = x_train[idx].contiguous(memory_format=torch.channels_last), y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * idx.numel()
-            correct += (logits.argmax(1) == yb).sum().item()
-            if epoch == 0 and i == 19:
-                log(f"  first 20 steps: {time.time() - t0:.1f}s (epoch estimate {(time.time() - t0) * steps / 20:.0f}s)")
-        log(f"epoch {epoch + 1}/{EPOCHS}: loss {total_loss / n:.4f}, train acc {correct / n:.4f}, {time.time() - t0:.1f}s")
-    model.to(memory_format=torch.contiguous_format)
-
-
 # ----------------------------------------------------------------------------
 # PyTorch eager PTQ (make_fixtures.torch_ptq builds its own Net)
 
@@ -275,7 +246,7 @@ def main():
     log(f"{n_params} parameters")
     t0 = time.time()
     torch.set_flush_denormal(True)
-    train(model, torch.from_numpy(normalize(train_u8)), torch.from_numpy(train_y), log)
+    mf.train(model, torch.from_numpy(normalize(train_u8)), torch.from_numpy(train_y), log, seed=SEED, epochs=EPOCHS, batch=BATCH, lr=LR, pct_start=PCT_START)
     torch.set_flush_denormal(False)
     train_seconds = time.time() - t0
     model.eval()
