@@ -380,6 +380,14 @@ def torch_ptq(float_model, engine, calib, test_x, test_y, fp32_pred):
 # ----------------------------------------------------------------------------
 
 
+def deterministic(seed):
+    """Two threads, fixed seeds, deterministic kernels: fixture scripts give the same bytes on every run."""
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder with the Fashion-MNIST IDX .gz files")
@@ -390,10 +398,7 @@ def main():
     def log(msg):
         print(msg, flush=True)
 
-    torch.set_num_threads(2)
-    torch.manual_seed(SEED)
-    np.random.seed(SEED)
-    torch.use_deterministic_algorithms(True)
+    deterministic(SEED)
     os.makedirs(args.out, exist_ok=True)
 
     train_u8, train_y = load_split(args.data_dir, "train")

@@ -230,10 +230,7 @@ def main():
     def log(msg):
         print(msg, flush=True)
 
-    torch.set_num_threads(2)
-    torch.manual_seed(SEED)
-    np.random.seed(SEED)
-    torch.use_deterministic_algorithms(True)
+    mf.deterministic(SEED)
     os.makedirs(args.out, exist_ok=True)
 
     train_u8, train_y = load_split(args.data_dir, "train")
