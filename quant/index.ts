@@ -178,6 +178,8 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
     let chosen: { method: CalibrationMethod; profile: Profile; conv: Converted };
     let candidates: CandidateRow[] | undefined;
     let heldOut: QuantizeResult['heldOut'];
+    // fp32 outputs on the held-out samples, computed once for scoring every candidate.
+    let ref: Reference | undefined;
     let fallback: QuantizeResult['fallback'];
     let tSearch = tCalib;
     // Ranges depend on the method only, not on weight granularity: decide each method once.
@@ -193,7 +195,7 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       chosen = { method: requested as CalibrationMethod, profile, conv: make(requested as CalibrationMethod, profile, exclude) };
     } else {
       const labels = opts.labels ? loadLabels(opts.labels, usable) : undefined;
-      const ref = await reference(p, calibCount, holdout, labels, opts.threads);
+      ref = await reference(p, calibCount, holdout, labels, opts.threads);
       const combos: Array<{ method: CalibrationMethod; prof: Profile }> = [];
       const methods = requested === 'auto' ? METHODS : [requested];
       const grains = requested === 'auto' && p.opset >= 13 ? [true, false] : [profile.perChannel];
@@ -260,8 +262,7 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
       corrections = measured.corrections;
       const excluded = new Set([...exclude, ...(fallback ?? []).map((f) => f.node)]);
       chosen = { ...chosen, conv: convert(measured.prepared, rangesFor(observers, chosen.method, chosen.profile, opts.percentile), chosen.profile, excluded) };
-      if (heldOut) {
-        const ref = await reference(p, calibCount, holdout, opts.labels ? loadLabels(opts.labels, usable) : undefined, opts.threads);
+      if (heldOut && ref) {
         const s = await score(p, ref, encodeModel(chosen.conv.model), opts.threads);
         heldOut = { ...heldOut, int8: s, dropPoints: dropPoints(ref, s) };
       }
