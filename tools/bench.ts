@@ -8,6 +8,7 @@
  * alternating fp32 and int8 over several rounds so drift on a shared machine hits both alike.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeSection } from './results-md.js';
 import { cpus, arch, platform, release, totalmem } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -165,17 +166,17 @@ const ops = (r: Record<string, number>) => Object.entries(r).map(([k, v]) => `${
 
 function render(results: Array<ModelResult | { name: string; skipped: string }>, facts: Record<string, string>): string {
   const lines = [
-    '# Benchmark results',
+    '## fp32 vs int8: size, accuracy, latency',
     '',
     `Produced by \`npm run bench\` (${new Date().toISOString().slice(0, 10)}). Latency: batch 1, median of ${rounds} alternating rounds of ${runs} runs after 5 warm-up runs, one ONNX Runtime session alive at a time, default thread spinning.`,
     '',
-    '## Machine',
+    '### Machine',
     '',
     ...Object.entries(facts).map(([k, v]) => `- ${k}: ${v}`),
     '',
   ];
   for (const r of results) {
-    lines.push(`## ${r.name}`, '');
+    lines.push(`### ${r.name}`, '');
     if ('skipped' in r) {
       lines.push(`Skipped: ${r.skipped}`, '');
       continue;
@@ -200,7 +201,7 @@ function render(results: Array<ModelResult | { name: string; skipped: string }>,
   if (stack && !vnni) {
     const ratio = stack.latency.find((l) => l.threads === 1)?.ratio;
     lines.push(
-      '## Reading these numbers',
+      '### Reading these numbers',
       '',
       `This CPU has no VNNI (${facts.isa}). ONNX Runtime's u8×s8 kernels there multiply with VPMADDUBSW and widen with VPMADDWD, which on this CPU reaches about the multiply-accumulate rate of its fp32 FMA kernels: the conv stack, the most favourable shape for int8, runs at ${ratio?.toFixed(2)}× fp32 with one thread, and an ORT profile of ResNet18 puts 99% of both models' time in (QLinear)Conv. The int8 latency gain needs VNNI (AVX-512 VNNI, AVX-VNNI) or ARM dotprod; the 4× size reduction and the accuracy hold everywhere.`,
       '',
@@ -221,7 +222,7 @@ async function main(): Promise<void> {
   }
   const md = render(results, facts);
   const path = join(ROOT, 'bench/RESULTS.md');
-  writeFileSync(path, md + '\n');
+  writeSection(path, 'bench', md);
   // Paths in the committed JSON are relative to the checkout.
   const portable = results.map((r) => ('quantize' in r ? { ...r, quantize: { ...r.quantize, outPath: relative(ROOT, r.quantize.outPath) } } : r));
   writeFileSync(join(ROOT, 'bench/results.json'), JSON.stringify({ machine: facts, results: portable }, null, 2) + '\n');
