@@ -3,6 +3,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { quantizeCommand } from './commands/quantize.js';
 import { detectCommand } from './commands/detect.js';
+import { evalCommand } from './commands/eval.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -25,6 +26,7 @@ export async function main(argv: string[]): Promise<void> {
     });
   cli = quantizeCommand(cli);
   cli = detectCommand(cli);
+  cli = evalCommand(cli);
   await cli.parseAsync();
 }
 

@@ -37,43 +37,6 @@ export function withExtraOutputs(model: ModelProto, tensors: Iterable<string>): 
   }
 }
 
-const NPY_FOR: Record<string, string> = { float32: 'float32', uint8: 'uint8', int8: 'int8', int32: 'int32', int64: 'int64', float64: 'float64' };
-
-/** Checks that each .npy file fits its model input; throws a clear E_SHAPE_MISMATCH / E_DTYPE_MISMATCH / E_CALIB_MISSING. */
-export function checkCalibrationFiles(inputs: ModelInputInfo[], files: Map<string, NpyFile>): number {
-  for (const name of files.keys()) {
-    if (!inputs.some((i) => i.name === name)) {
-      throw new EdgeqError('E_CALIB_MISSING', `calibration data names input "${name}", which the model does not have (inputs: ${inputs.map((i) => i.name).join(', ')})`);
-    }
-  }
-  let count = -1;
-  for (const input of inputs) {
-    const f = files.get(input.name);
-    if (!f) throw new EdgeqError('E_CALIB_MISSING', `no calibration data for model input "${input.name}" (give --calib ${input.name}=FILE.npy)`);
-    if (NPY_FOR[input.type] !== f.dtype) {
-      throw new EdgeqError('E_DTYPE_MISMATCH', `${f.path}: dtype ${f.dtype} does not fit model input "${input.name}" of type ${input.type}`);
-    }
-    const want = input.shape;
-    const got = f.shape;
-    const fmt = (s: ReadonlyArray<number | string>) => `[${s.join(', ')}]`;
-    if (got.length !== want.length) {
-      throw new EdgeqError('E_SHAPE_MISMATCH', `${f.path}: shape ${fmt(got)} does not fit model input "${input.name}" ${fmt(want)} (the first axis counts samples)`);
-    }
-    for (let d = 1; d < want.length; d++) {
-      const w = want[d];
-      if (typeof w === 'number' && w >= 0 && w !== got[d]) {
-        throw new EdgeqError('E_SHAPE_MISMATCH', `${f.path}: shape ${fmt(got)} does not fit model input "${input.name}" ${fmt(want)}: axis ${d} is ${got[d]}, the model needs ${w}`);
-      }
-    }
-    if (count >= 0 && f.count !== count) {
-      throw new EdgeqError('E_SHAPE_MISMATCH', `calibration files hold different sample counts (${count} and ${f.count} in ${f.path})`);
-    }
-    count = f.count;
-  }
-  if (count === 0) throw new EdgeqError('E_CALIB_EMPTY', 'the calibration data holds no samples');
-  return count;
-}
-
 export interface CalibrateOptions {
   observers: Map<string, Observer>;
   batchSize: number;

@@ -8,6 +8,7 @@ import { accessSync, constants, statSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { correctBiases, type BiasCorrection } from './bias-correction.js';
+import { readLabels } from './data.js';
 import { EdgeqError, fsError } from './errors.js';
 import { kernelCensus, type KernelCensus } from './inspect.js';
 import { readNpy } from './npy.js';
@@ -129,15 +130,6 @@ function better(a: Score, b: Score): boolean {
   return ma !== mb ? ma > mb : a.sqnrDb > b.sqnrDb;
 }
 
-function loadLabels(path: string, needed: number): ArrayLike<number | bigint> {
-  const { data, shape } = readNpy(path);
-  if (shape.length !== 1 || !(data instanceof BigInt64Array || data instanceof Int32Array || data instanceof Uint8Array)) {
-    throw new EdgeqError('E_SHAPE_MISMATCH', `${path}: labels must be a 1-D integer array (one class per sample), got shape [${shape.join(', ')}]`);
-  }
-  if (shape[0] < needed) throw new EdgeqError('E_SHAPE_MISMATCH', `${path}: ${shape[0]} labels for ${needed} calibration samples`);
-  return data;
-}
-
 export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
   const t0 = performance.now();
   checkOptions(opts);
@@ -194,7 +186,7 @@ export async function quantize(opts: QuantizeOptions): Promise<QuantizeResult> {
     if (!scoring) {
       chosen = { method: requested as CalibrationMethod, profile, conv: make(requested as CalibrationMethod, profile, exclude) };
     } else {
-      const labels = opts.labels ? loadLabels(opts.labels, usable) : undefined;
+      const labels = opts.labels ? readLabels(opts.labels, usable, 'calibration samples') : undefined;
       ref = await reference(p, calibCount, holdout, labels, opts.threads);
       const combos: Array<{ method: CalibrationMethod; prof: Profile }> = [];
       const methods = requested === 'auto' ? METHODS : [requested];

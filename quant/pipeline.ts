@@ -5,7 +5,8 @@
  */
 import { clone } from '@bufbuild/protobuf';
 import { ModelProtoSchema, type ModelProto } from 'onnx-buf';
-import { checkCalibrationFiles, inferTensorTypes, runCalibration, withExtraOutputs } from './calibrate.js';
+import { inferTensorTypes, runCalibration, withExtraOutputs } from './calibrate.js';
+import { bindDataFiles } from './data.js';
 import { EdgeqError } from './errors.js';
 import { accuracy, agreement, argmaxRows } from './eval.js';
 import { forEachBatch, planBatches, type InputInfo } from './feed.js';
@@ -61,14 +62,7 @@ export async function prepareModel(modelPath: string, calib: Map<string, string>
     const folded = foldBatchNorm(graph);
     const probeBytes = withExtraOutputs(model, candidateTensors(graph));
     const { types, inputs } = await inferTensorTypes(probeBytes);
-    if (files.has('')) {
-      if (inputs.length !== 1) {
-        throw new EdgeqError('E_CALIB_MISSING', `the model has ${inputs.length} inputs (${inputs.map((i) => i.name).join(', ')}): give --calib NAME=FILE.npy for each`);
-      }
-      files.set(inputs[0].name, files.get('')!);
-      files.delete('');
-    }
-    const samples = checkCalibrationFiles(inputs, files);
+    const samples = bindDataFiles(inputs, files);
     const floats = new Set([...types].filter(([, t]) => t === 'float32').map(([n]) => n));
     for (const i of inputs) if (i.type === 'float32') floats.add(i.name);
     return { modelPath, model, probeBytes, inputs, files, samples, floats, opset, foldedBatchNorms: folded.length, nodeNames };

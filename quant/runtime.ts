@@ -1,9 +1,9 @@
 /** onnxruntime-node sessions as the quantizer uses them: quiet, thread count chosen by the caller. */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { EdgeqError } from './errors.js';
+import { EdgeqError, fsError } from './errors.js';
 import { decodeModel } from './onnx/model.js';
 
 export { ort };
@@ -29,6 +29,14 @@ export async function openSession(model: string | Uint8Array, opts: SessionOptio
   }
   if (opts.optimizedModelPath) options.optimizedModelFilePath = opts.optimizedModelPath;
   if (opts.spin === false) options.extra = { session: { 'intra_op.allow_spinning': '0' } };
+  if (typeof model === 'string') {
+    // ORT's own message for a missing file is long and names no cause a person can act on.
+    try {
+      statSync(model);
+    } catch (e) {
+      throw fsError(e, model);
+    }
+  }
   try {
     return await ort.InferenceSession.create(model as Uint8Array, options);
   } catch (e) {

@@ -1,6 +1,7 @@
 /** `edgeq quantize`: float32 ONNX model + calibration .npy → int8 QDQ model. */
 import type { Argv } from 'yargs';
 import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeResult } from '../../quant/index.js';
+import { parseInputFiles, positiveInt } from '../args.js';
 import { loadConfig } from '../config.js';
 import { chooseProfile, localCpu } from '../detect.js';
 import { formatBytes, printJson, progressLine, reportError } from '../output.js';
@@ -25,20 +26,6 @@ export interface QuantizeArgs {
   exclude: string[];
   threads?: number;
   json: boolean;
-}
-
-/** `--calib x.npy` (single input) or `--calib NAME=x.npy`, repeated. */
-export function parseCalibArgs(values: string[]): Map<string, string> {
-  const map = new Map<string, string>();
-  for (const v of values) {
-    const eq = v.indexOf('=');
-    const [name, path] = eq > 0 && !v.slice(0, eq).includes('/') ? [v.slice(0, eq), v.slice(eq + 1)] : ['', v];
-    if (!path) throw new EdgeqError('E_ARGUMENT', `--calib ${v}: no file after "="`);
-    if (map.has(name)) throw new EdgeqError('E_ARGUMENT', name ? `--calib names input "${name}" twice` : 'more than one --calib without NAME=; name each model input');
-    map.set(name, path);
-  }
-  if (map.has('') && map.size > 1) throw new EdgeqError('E_ARGUMENT', 'mix of --calib FILE and --calib NAME=FILE: name every input');
-  return map;
 }
 
 export function quantizeCommand(y: Argv): Argv {
@@ -84,9 +71,8 @@ export function quantizeCommand(y: Argv): Argv {
 export async function runQuantize(args: QuantizeArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
-    const count = args['calib-count'];
-    if (count !== undefined && (!Number.isInteger(count) || count < 1)) throw new EdgeqError('E_ARGUMENT', `--calib-count must be a positive whole number, got ${count}`);
-    if (args.threads !== undefined && (!Number.isInteger(args.threads) || args.threads < 1)) throw new EdgeqError('E_ARGUMENT', `--threads must be a positive whole number, got ${args.threads}`);
+    const count = positiveInt(args['calib-count'], '--calib-count');
+    positiveInt(args.threads, '--threads');
     const cfg = args.config ? loadConfig(args.config).quantize : {};
     const profileName = args.profile ?? cfg.profile ?? 'auto';
     let profile;
@@ -108,7 +94,7 @@ export async function runQuantize(args: QuantizeArgs): Promise<void> {
     }
     const result = await quantize({
       model: args.model,
-      calib: parseCalibArgs(args.calib),
+      calib: parseInputFiles(args.calib, '--calib'),
       out: args.out,
       profile,
       method: (args.method ?? cfg.method) as CalibrationMethod | 'auto' | undefined,
