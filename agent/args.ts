@@ -16,11 +16,23 @@ export function parseInputFiles(values: string[], flag: string): Map<string, str
 }
 
 /**
- * A positive whole number, or undefined when the flag was not given. yargs turns "abc" into NaN
- * for number options; that is refused here with the flag's name and the bad value.
+ * A whole number of at least `min` from a flag, or undefined when the flag was not given. Options
+ * declared as strings keep the text, so the error can quote it; yargs turns "abc" into NaN for
+ * number options.
  */
+export function countArg(flag: string, raw: string | string[] | number | undefined, min = 1): number | undefined {
+  if (raw === undefined) return undefined;
+  if (Array.isArray(raw)) throw new EdgeqError('E_ARGUMENT', `${flag} given ${raw.length} times; give it once`);
+  const what = min === 0 ? 'a whole number, 0 or more' : 'a positive integer';
+  if (typeof raw === 'number' && Number.isNaN(raw)) throw new EdgeqError('E_ARGUMENT', `${flag} must be ${what}, got something that is not a number`);
+  const text = String(raw).trim();
+  if (!/^\d+$/.test(text)) throw new EdgeqError('E_ARGUMENT', `${flag} must be ${what}, got ${text === '' ? 'nothing' : text}`);
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < min) throw new EdgeqError('E_ARGUMENT', `${flag} must be ${what}, got ${text}`);
+  return n;
+}
+
+/** A positive whole number (see countArg). */
 export function positiveInt(value: number | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  if (!Number.isInteger(value) || value < 1) throw new EdgeqError('E_ARGUMENT', `${flag} must be a positive whole number, got ${Number.isNaN(value) ? 'something that is not a number' : value}`);
-  return value;
+  return countArg(flag, value, 1);
 }

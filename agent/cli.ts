@@ -3,7 +3,10 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { quantizeCommand } from './commands/quantize.js';
 import { detectCommand } from './commands/detect.js';
+import { benchCommand } from './commands/bench.js';
 import { evalCommand } from './commands/eval.js';
+import { optimizeCommand } from './commands/optimize.js';
+import { reportCommand } from './commands/report.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -19,7 +22,10 @@ export async function main(argv: string[]): Promise<void> {
     .version()
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err) => {
-      if (err) throw err;
+      // yargs' own parse errors (a flag missing its value) are usage errors too; anything else
+      // thrown from a command is a bug and keeps its stack.
+      if (err && err.name !== 'YError') throw err;
+      if (err) msg = err.message;
       if (wantsJson) printJson({ ok: false, error: { code: 'E_USAGE', message: msg } });
       else process.stderr.write(`edgeq: error: ${msg}\n(edgeq --help for usage)\n`);
       process.exit(EXIT_USAGE);
@@ -27,6 +33,9 @@ export async function main(argv: string[]): Promise<void> {
   cli = quantizeCommand(cli);
   cli = detectCommand(cli);
   cli = evalCommand(cli);
+  cli = benchCommand(cli);
+  cli = optimizeCommand(cli);
+  cli = reportCommand(cli);
   await cli.parseAsync();
 }
 

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'E_MODEL_INVALID'
   | 'E_MODEL_UNSUPPORTED'
   | 'E_MODEL_MISMATCH'
+  | 'E_REPORT_INVALID'
   | 'E_NPY_INVALID'
   | 'E_SHAPE_MISMATCH'
   | 'E_DTYPE_MISMATCH'

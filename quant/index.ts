@@ -11,7 +11,6 @@ import { correctBiases, type BiasCorrection } from './bias-correction.js';
 import { readLabels } from './data.js';
 import { EdgeqError, fsError } from './errors.js';
 import { kernelCensus, type KernelCensus } from './inspect.js';
-import { readNpy } from './npy.js';
 import { METHODS, checkPercentile, type CalibrationMethod } from './observe/range-search.js';
 import { encodeModel, writeModel } from './onnx/model.js';
 import {

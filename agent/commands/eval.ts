@@ -1,7 +1,7 @@
 /** `edgeq eval`: accuracy of a model, and how far its quantized twin is from it, output by output and layer by layer. */
 import type { Argv } from 'yargs';
 import { evaluate, type ErrorStats, type EvaluateResult } from '../../quant/evaluate.js';
-import { parseInputFiles, positiveInt } from '../args.js';
+import { countArg, parseInputFiles } from '../args.js';
 import { printJson, progressLine, reportError } from '../output.js';
 
 export interface EvalArgs {
@@ -10,10 +10,10 @@ export interface EvalArgs {
   data: string[];
   labels?: string;
   layers: boolean;
-  count?: number;
-  batch?: number;
-  threads?: number;
-  top?: number;
+  count?: string;
+  batch?: string;
+  threads?: string;
+  top?: string;
   json: boolean;
 }
 
@@ -36,10 +36,10 @@ export function evalCommand(y: Argv): Argv {
         .option('data', { type: 'string', array: true, demandOption: true, describe: 'samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
         .option('labels', { type: 'string', describe: 'class labels (.npy, 1-D integers, one per sample) for top-1/top-5 accuracy' })
         .option('layers', { type: 'boolean', default: false, describe: 'per-layer error of the --compare model (a QDQ model such as edgeq writes)' })
-        .option('count', { type: 'number', describe: 'use only the first N samples' })
-        .option('batch', { type: 'number', describe: 'samples per run (default 32; a model with a fixed batch size uses its own)' })
-        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: all cores)' })
-        .option('top', { type: 'number', default: 10, describe: 'with --layers, how many of the worst layers to print (--json lists all)' })
+        .option('count', { type: 'string', describe: 'use only the first N samples' })
+        .option('batch', { type: 'string', describe: 'samples per run (default 32; a model with a fixed batch size uses its own)' })
+        .option('threads', { type: 'string', describe: 'ONNX Runtime intra-op threads (default: all cores)' })
+        .option('top', { type: 'string', default: '10', describe: 'with --layers, how many of the worst layers to print (--json lists all)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the result (or error) as one JSON object' })
         .example('edgeq eval --model m.onnx --data test.npy --labels labels.npy', 'top-1/top-5 of one model')
         .example('edgeq eval --model m.onnx --compare m.int8.onnx --data test.npy --labels labels.npy --layers', 'fp32 vs int8, with the worst layers'),
@@ -58,14 +58,14 @@ export async function runEval(args: EvalArgs): Promise<void> {
       data: parseInputFiles(args.data, '--data'),
       labels: args.labels,
       layers: args.layers,
-      count: positiveInt(args.count, '--count'),
-      batch: positiveInt(args.batch, '--batch'),
-      threads: positiveInt(args.threads, '--threads'),
+      count: countArg('--count', args.count),
+      batch: countArg('--batch', args.batch),
+      threads: countArg('--threads', args.threads),
       onProgress: (done, total) => progress.update('evaluating', done, total),
     });
     progress.done();
     if (args.json) printJson(result);
-    else process.stdout.write(renderEval(result, positiveInt(args.top, '--top') ?? 10));
+    else process.stdout.write(renderEval(result, countArg('--top', args.top) ?? 10));
   } catch (e) {
     progress.done();
     reportError(e, args.json);

@@ -1,6 +1,6 @@
 /** `edgeq quantize`: float32 ONNX model + calibration .npy → int8 QDQ model. */
 import type { Argv } from 'yargs';
-import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeResult } from '../../quant/index.js';
+import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeOptions, type QuantizeResult } from '../../quant/index.js';
 import { parseInputFiles, positiveInt } from '../args.js';
 import { loadConfig } from '../config.js';
 import { chooseProfile, localCpu } from '../detect.js';
@@ -28,6 +28,35 @@ export interface QuantizeArgs {
   json: boolean;
 }
 
+/**
+ * The options of a quantization run, shared by `quantize` and `optimize` (which adds evaluation
+ * and benchmarking). `calibLabels`: --labels labels the calibration samples (quantize); optimize
+ * uses --labels for its evaluation data instead.
+ */
+export function quantizeOptions(o: { calibLabels: boolean }) {
+  return {
+    model: { type: 'string', demandOption: true, describe: 'float32 ONNX model to convert' },
+    calib: { type: 'string', array: true, demandOption: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' },
+    out: { type: 'string', demandOption: true, describe: 'where to write the int8 model (written atomically)' },
+    profile: { type: 'string', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto (default) picks from this CPU' },
+    config: { type: 'string', describe: 'JSON file whose "quantize" section sets defaults (profile, perChannel, reduceRange, activations, method, bins, percentile, maxDrop, biasCorrection); flags override it' },
+    method: { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" },
+    percentile: { type: 'number', describe: 'for --method percentile: the share of values the range covers, in (0, 100] (default 99.999)' },
+    'bias-correction': { type: 'boolean', describe: 'correct each Conv/Gemm channel bias for the mean output shift weight quantization causes, measured on calibration samples' },
+    'max-drop': { type: 'number', describe: 'accuracy budget in top-1 points; the most sensitive ops go back to float until it holds, else nothing is written' },
+    'calib-count': { type: 'number', describe: 'use at most N calibration samples' },
+    'per-channel': { type: 'boolean', describe: 'per-channel weight scales (fbgemm default)' },
+    'per-tensor': { type: 'boolean', describe: 'one weight scale per tensor (qnnpack default)' },
+    'reduce-range': { type: 'boolean', describe: '7-bit weights (--no-reduce-range: 8-bit); default: on for x86 without VNNI' },
+    activations: { type: 'string', choices: ['uint8', 'int8'], describe: 'activation type (default uint8: fusions survive residual branches on x86)' },
+    bins: { type: 'number', describe: 'histogram bins for histogram-based methods (default 2048)' },
+    exclude: { type: 'string', array: true, default: [], describe: 'node names to keep in float (repeat or list)' },
+    threads: { type: 'number', describe: 'ONNX Runtime intra-op threads for calibration (default: all cores)' },
+    json: { type: 'boolean', default: false, describe: 'print the result (or error) as one JSON object' },
+    ...(o.calibLabels ? { labels: { type: 'string' as const, describe: 'class labels (.npy, one per calibration sample): auto and --max-drop score by top-1 accuracy instead of agreement with fp32' } } : {}),
+  } as const;
+}
+
 export function quantizeCommand(y: Argv): Argv {
   return y.command(
     'quantize',
@@ -40,26 +69,8 @@ export function quantizeCommand(y: Argv): Argv {
             'the .npy samples (leading axis = samples; float32 or uint8, C order), and writes a QDQ\n' +
             'model that ONNX Runtime runs with int8 kernels. Reports which ops really run in int8.',
         )
-        .option('model', { type: 'string', demandOption: true, describe: 'float32 ONNX model to convert' })
-        .option('calib', { type: 'string', array: true, demandOption: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
-        .option('out', { type: 'string', demandOption: true, describe: 'where to write the int8 model (written atomically)' })
-        .option('profile', { type: 'string', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto (default) picks from this CPU' })
-        .option('config', { type: 'string', describe: 'JSON file whose "quantize" section sets defaults (profile, perChannel, reduceRange, activations, method, bins, percentile, maxDrop, biasCorrection); flags override it' })
-        .option('method', { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" })
-        .option('percentile', { type: 'number', describe: 'for --method percentile: the share of values the range covers, in (0, 100] (default 99.999)' })
-        .option('labels', { type: 'string', describe: 'class labels (.npy, one per calibration sample): auto and --max-drop score by top-1 accuracy instead of agreement with fp32' })
-        .option('bias-correction', { type: 'boolean', describe: 'correct each Conv/Gemm channel bias for the mean output shift weight quantization causes, measured on calibration samples' })
-        .option('max-drop', { type: 'number', describe: 'accuracy budget in top-1 points; the most sensitive ops go back to float until it holds, else nothing is written' })
-        .option('calib-count', { type: 'number', describe: 'use at most N calibration samples' })
-        .option('per-channel', { type: 'boolean', describe: 'per-channel weight scales (fbgemm default)' })
-        .option('per-tensor', { type: 'boolean', describe: 'one weight scale per tensor (qnnpack default)' })
+        .options(quantizeOptions({ calibLabels: true }))
         .conflicts('per-channel', 'per-tensor')
-        .option('reduce-range', { type: 'boolean', describe: '7-bit weights (--no-reduce-range: 8-bit); default: on for x86 without VNNI' })
-        .option('activations', { type: 'string', choices: ['uint8', 'int8'], describe: 'activation type (default uint8: fusions survive residual branches on x86)' })
-        .option('bins', { type: 'number', describe: 'histogram bins for histogram-based methods (default 2048)' })
-        .option('exclude', { type: 'string', array: true, default: [], describe: 'node names to keep in float (repeat or list)' })
-        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads for calibration (default: all cores)' })
-        .option('json', { type: 'boolean', default: false, describe: 'print the result (or error) as one JSON object' })
         .example('edgeq quantize --model m.onnx --calib calib.npy --out m.int8.onnx', 'convert with the profile this CPU suggests')
         .example('edgeq quantize --model m.onnx --calib images=a.npy --calib mask=b.npy --out q.onnx --json', 'a two-input model, JSON result'),
     async (argv) => {
@@ -68,45 +79,57 @@ export function quantizeCommand(y: Argv): Argv {
   );
 }
 
+/**
+ * The quantize() options the flags and the config file ask for (flags over the config file over
+ * the profile's own values), and why this profile.
+ */
+export function quantizeRequest(args: QuantizeArgs, onProgress?: QuantizeOptions['onProgress']): { options: QuantizeOptions; reason: string } {
+  const count = positiveInt(args['calib-count'], '--calib-count');
+  positiveInt(args.threads, '--threads');
+  const cfg = args.config ? loadConfig(args.config).quantize : {};
+  const profileName = args.profile ?? cfg.profile ?? 'auto';
+  let profile;
+  let reason;
+  if (profileName === 'auto') ({ profile, reason } = chooseProfile(localCpu()));
+  else if (isProfileName(profileName)) {
+    profile = profileWith(profileName);
+    reason = args.profile ? `--profile ${profileName}` : `profile ${profileName} from ${args.config}`;
+  } else throw new EdgeqError('E_ARGUMENT', `unknown profile ${profileName}`);
+  if (cfg.perChannel !== undefined) profile.perChannel = cfg.perChannel;
+  if (cfg.reduceRange !== undefined) profile.reduceRange = cfg.reduceRange;
+  if (cfg.activations) profile.activations = cfg.activations;
+  if (cfg.bins !== undefined) profile.bins = cfg.bins;
+  if (args['per-channel']) profile.perChannel = true;
+  if (args['per-tensor']) profile.perChannel = false;
+  if (args['reduce-range'] !== undefined) profile.reduceRange = args['reduce-range'];
+  if (args.activations === 'uint8' || args.activations === 'int8') profile.activations = args.activations;
+  if (args.bins !== undefined) {
+    if (!Number.isInteger(args.bins) || args.bins < 16 || args.bins > 65536) throw new EdgeqError('E_ARGUMENT', `--bins must be a whole number from 16 to 65536, got ${args.bins}`);
+    profile.bins = args.bins;
+  }
+  const options: QuantizeOptions = {
+    model: args.model,
+    calib: parseInputFiles(args.calib, '--calib'),
+    out: args.out,
+    profile,
+    method: (args.method ?? cfg.method) as CalibrationMethod | 'auto' | undefined,
+    percentile: args.percentile ?? cfg.percentile,
+    labels: args.labels,
+    maxDrop: args['max-drop'] ?? cfg.maxDrop,
+    biasCorrection: args['bias-correction'] ?? cfg.biasCorrection,
+    calibCount: count,
+    exclude: args.exclude.flatMap((e) => e.split(',')).filter((e) => e),
+    threads: args.threads,
+    onProgress,
+  };
+  return { options, reason };
+}
+
 export async function runQuantize(args: QuantizeArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
-    const count = positiveInt(args['calib-count'], '--calib-count');
-    positiveInt(args.threads, '--threads');
-    const cfg = args.config ? loadConfig(args.config).quantize : {};
-    const profileName = args.profile ?? cfg.profile ?? 'auto';
-    let profile;
-    if (profileName === 'auto') profile = chooseProfile(localCpu()).profile;
-    else if (isProfileName(profileName)) profile = profileWith(profileName);
-    else throw new EdgeqError('E_ARGUMENT', `unknown profile ${profileName}`);
-    // Precedence: flags over the config file over the profile's own values.
-    if (cfg.perChannel !== undefined) profile.perChannel = cfg.perChannel;
-    if (cfg.reduceRange !== undefined) profile.reduceRange = cfg.reduceRange;
-    if (cfg.activations) profile.activations = cfg.activations;
-    if (cfg.bins !== undefined) profile.bins = cfg.bins;
-    if (args['per-channel']) profile.perChannel = true;
-    if (args['per-tensor']) profile.perChannel = false;
-    if (args['reduce-range'] !== undefined) profile.reduceRange = args['reduce-range'];
-    if (args.activations === 'uint8' || args.activations === 'int8') profile.activations = args.activations;
-    if (args.bins !== undefined) {
-      if (!Number.isInteger(args.bins) || args.bins < 16 || args.bins > 65536) throw new EdgeqError('E_ARGUMENT', `--bins must be a whole number from 16 to 65536, got ${args.bins}`);
-      profile.bins = args.bins;
-    }
-    const result = await quantize({
-      model: args.model,
-      calib: parseInputFiles(args.calib, '--calib'),
-      out: args.out,
-      profile,
-      method: (args.method ?? cfg.method) as CalibrationMethod | 'auto' | undefined,
-      percentile: args.percentile ?? cfg.percentile,
-      labels: args.labels,
-      maxDrop: args['max-drop'] ?? cfg.maxDrop,
-      biasCorrection: args['bias-correction'] ?? cfg.biasCorrection,
-      calibCount: count,
-      exclude: args.exclude.flatMap((e) => e.split(',')).filter((e) => e),
-      threads: args.threads,
-      onProgress: (stage, done, total) => progress.update(stage === 'calibrate' ? 'calibrating' : 'trying candidates', done, total),
-    });
+    const { options } = quantizeRequest(args, (stage, done, total) => progress.update(stage === 'calibrate' ? 'calibrating' : 'trying candidates', done, total));
+    const result = await quantize(options);
     progress.done();
     if (args.json) printJson(result);
     else printSummary(result);

@@ -137,7 +137,7 @@ test('bad input: one clear error, exit 1, JSON with --json', async (t) => {
     [['--model', FMNIST.model, '--compare', other, '--data', FMNIST.test], 'E_MODEL_MISMATCH', /different outputs/],
     [['--model', FMNIST.model, '--compare', FMNIST.model, '--data', FMNIST.test, '--layers'], 'E_MODEL_UNSUPPORTED', /--layers needs a QDQ model/],
     [['--model', FMNIST.model, '--data', FMNIST.test, '--layers'], 'E_ARGUMENT', /--compare/],
-    [['--model', FMNIST.model, '--data', FMNIST.test, '--count', 'ten'], 'E_ARGUMENT', /--count must be a positive whole number/],
+    [['--model', FMNIST.model, '--data', FMNIST.test, '--count', 'ten'], 'E_ARGUMENT', /--count must be a positive integer, got ten/],
     [['--model', join(dir, 'missing.onnx'), '--data', FMNIST.test], 'E_FILE_NOT_FOUND', /missing\.onnx/],
     [['--model', FMNIST.model, '--data', FMNIST.labels], 'E_DTYPE_MISMATCH', /does not fit model input/],
   ];

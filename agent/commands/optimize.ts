@@ -1,0 +1,71 @@
+/** `edgeq optimize`: quantize, evaluate, benchmark both models, and write the run report. */
+import type { Argv } from 'yargs';
+import { EdgeqError } from '../../quant/errors.js';
+import { writeFileAtomic } from '../../quant/onnx/model.js';
+import { countArg, parseInputFiles } from '../args.js';
+import { optimize } from '../optimize.js';
+import { printJson, progressLine, reportError } from '../output.js';
+import { quantizeOptions, quantizeRequest, type QuantizeArgs } from './quantize.js';
+import { renderReport } from './report.js';
+
+export interface OptimizeArgs extends QuantizeArgs {
+  data?: string[];
+  'eval-labels'?: string;
+  report?: string;
+  'bench-threads'?: string;
+  runs?: string;
+  warmup?: string;
+}
+
+export function optimizeCommand(y: Argv): Argv {
+  return y.command(
+    'optimize',
+    'Quantize, then compare fp32 and int8 on this device (accuracy, latency, size) and write the run report',
+    (b) =>
+      b
+        .usage(
+          'edgeq optimize --model in.onnx --calib x.npy --out out.onnx [--data test.npy --labels y.npy] [--report run.json] [options]\n\n' +
+            'The whole job of the agent, from the command line: `edgeq quantize`, then `edgeq eval`\n' +
+            'of fp32 against int8 (on --data, else on the calibration samples, which flatters int8:\n' +
+            'the report says which), then `edgeq bench` of each model in its own process. The report\n' +
+            '(edgeq.report/v1; `edgeq report FILE` shows it) is what the daemon sends to the fleet.',
+        )
+        .options(quantizeOptions({ calibLabels: false }))
+        .conflicts('per-channel', 'per-tensor')
+        .option('data', { type: 'string', array: true, describe: 'evaluation samples: FILE.npy, or NAME=FILE.npy per input (default: the calibration samples)' })
+        .option('labels', { type: 'string', describe: 'class labels of the evaluation samples (.npy, one per sample)' })
+        .option('report', { type: 'string', describe: 'write the run report (JSON) here, atomically' })
+        .option('bench-threads', { type: 'string', default: '1', describe: 'ONNX Runtime threads for the latency measurement' })
+        .option('runs', { type: 'string', default: '100', describe: 'timed runs per model' })
+        .option('warmup', { type: 'string', default: '10', describe: 'untimed runs per model first' })
+        .example('edgeq optimize --model m.onnx --calib calib.npy --out m.int8.onnx --data test.npy --labels y.npy --report run.json', 'the full comparison, saved'),
+    async (argv) => {
+      await runOptimize(argv as unknown as OptimizeArgs);
+    },
+  );
+}
+
+export async function runOptimize(args: OptimizeArgs): Promise<void> {
+  const progress = progressLine(!args.json);
+  try {
+    if (args.labels && !args.data) throw new EdgeqError('E_ARGUMENT', '--labels labels the evaluation samples: give them with --data');
+    const { options, reason } = quantizeRequest({ ...args, labels: undefined });
+    const { report } = await optimize({
+      quantize: options,
+      reason,
+      data: args.data ? parseInputFiles(args.data, '--data') : undefined,
+      labels: args.labels,
+      benchThreads: countArg('--bench-threads', args['bench-threads']),
+      runs: countArg('--runs', args.runs),
+      warmup: countArg('--warmup', args.warmup, 0),
+      onStage: (stage, done, total) => progress.update(stage === 'quantize' ? 'calibrating' : stage === 'eval' ? 'evaluating' : 'benchmarking', done, total),
+    });
+    progress.done();
+    if (args.report) writeFileAtomic(args.report, new TextEncoder().encode(JSON.stringify(report, null, 2) + '\n'));
+    if (args.json) printJson(report);
+    else process.stdout.write(renderReport(report) + (args.report ? `report written to ${args.report}\n` : ''));
+  } catch (e) {
+    progress.done();
+    reportError(e, args.json);
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * The main job on one device: quantize, evaluate fp32 against int8, benchmark both, and build the
+ * run report (agent/protocol/report.ts). `edgeq optimize` runs it from the command line; the
+ * daemon runs it for the fleet's `optimize` command.
+ */
+import { randomUUID } from 'node:crypto';
+import { basename } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { benchInChild, type BenchResult } from '../quant/bench-process.js';
+import { evaluate } from '../quant/evaluate.js';
+import { sha256File } from '../quant/hash.js';
+import { quantize, type QuantizeOptions, type QuantizeResult } from '../quant/index.js';
+import { deviceFacts } from './device.js';
+import { localCpuAsync } from './detect.js';
+import { REPORT_SCHEMA, type LatencyFigures, type Report } from './protocol/report.js';
+import { AGENT_VERSION } from './version.js';
+
+export interface OptimizeOptions {
+  quantize: QuantizeOptions;
+  /** Why this profile (from detection, or the flag/config that set it). */
+  reason: string;
+  /** Evaluation samples per input ('' for the only input); the calibration data when absent. */
+  data?: Map<string, string>;
+  /** Labels of the evaluation samples. */
+  labels?: string;
+  /** Threads and runs of the latency measurement. */
+  benchThreads?: number;
+  runs?: number;
+  warmup?: number;
+  deviceId?: string;
+  onStage?: (stage: 'quantize' | 'eval' | 'bench', done: number, total: number) => void;
+}
+
+export interface OptimizeOutcome {
+  report: Report;
+  quantize: QuantizeResult;
+}
+
+function latency(b: BenchResult): LatencyFigures {
+  return { p50Ms: b.p50Ms, p90Ms: b.p90Ms, p99Ms: b.p99Ms, meanMs: b.meanMs, minMs: b.minMs, throughput: b.throughput, loadMs: b.loadMs, runs: b.runs, peakRssBytes: b.peakRssBytes };
+}
+
+const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
+
+export async function optimize(opts: OptimizeOptions): Promise<OptimizeOutcome> {
+  const t0 = performance.now();
+  const cpu = localCpuAsync();
+  const q = opts.quantize;
+  const qr = await quantize({ ...q, onProgress: (stage, d, t) => (stage === 'calibrate' ? opts.onStage?.('quantize', d, t) : undefined) });
+  const tQuant = performance.now();
+
+  const evalData = opts.data ?? q.calib;
+  const ev = await evaluate({
+    model: q.model,
+    compare: qr.outPath,
+    data: evalData,
+    labels: opts.data ? opts.labels : undefined,
+    threads: q.threads,
+    onProgress: (d, t) => opts.onStage?.('eval', d, t),
+  });
+  const tEval = performance.now();
+
+  // One model at a time, each in its own process, fed with a real sample.
+  const bench = { threads: opts.benchThreads ?? 1, runs: opts.runs ?? 100, warmup: opts.warmup ?? 10, data: evalData };
+  opts.onStage?.('bench', 0, 2);
+  const b32 = await benchInChild({ model: q.model, ...bench });
+  opts.onStage?.('bench', 1, 2);
+  const b8 = await benchInChild({ model: qr.outPath, ...bench });
+  opts.onStage?.('bench', 2, 2);
+  const tBench = performance.now();
+
+  const [sha32, sha8] = await Promise.all([sha256File(q.model), sha256File(qr.outPath)]);
+  const out = ev.outputs?.[0];
+  const top1 = ev.model.top1;
+  const top1q = ev.compare?.top1;
+  const report: Report = {
+    schema: REPORT_SCHEMA,
+    id: randomUUID(),
+    createdAt: new Date().toISOString(),
+    agent: { name: 'edgeq', version: AGENT_VERSION },
+    device: deviceFacts(await cpu, opts.deviceId),
+    model: { name: basename(q.model), sha256: sha32, sizeBytes: b32.sizeBytes },
+    int8: { name: basename(qr.outPath), sha256: sha8, sizeBytes: b8.sizeBytes },
+    quantization: {
+      profile: qr.profile,
+      perChannel: qr.perChannel,
+      reduceRange: qr.reduceRange,
+      activations: q.profile.activations,
+      method: qr.method,
+      reason: opts.reason,
+      calibrationSamples: qr.calibCount,
+      ...(qr.heldOut ? { heldOutSamples: qr.heldOut.samples } : {}),
+      biasCorrection: Boolean(qr.biasCorrection?.length),
+      int8Ops: qr.int8Ops,
+      floatOps: qr.floatOps,
+      keptFloat: (qr.fallback ?? []).map((f) => f.node),
+    },
+    accuracy: {
+      source: opts.data ? 'eval-data' : 'calibration-data',
+      samples: ev.samples,
+      ...(top1 !== undefined ? { fp32Top1: top1 } : {}),
+      ...(top1q !== undefined ? { int8Top1: top1q } : {}),
+      ...(top1 !== undefined && top1q !== undefined ? { dropPoints: Math.round((top1 - top1q) * 1e4) / 100 } : {}),
+      ...(ev.agreement !== undefined ? { agreement: ev.agreement } : {}),
+      sqnrDb: out ? finite(out.sqnrDb) : null,
+      cosine: out ? out.cosine : 1,
+    },
+    latency: {
+      threads: bench.threads,
+      batch: b32.batch,
+      fp32: latency(b32),
+      int8: latency(b8),
+      speedup: Math.round((b32.p50Ms / b8.p50Ms) * 1000) / 1000,
+    },
+    sizeRatio: Math.round((b8.sizeBytes / b32.sizeBytes) * 10000) / 10000,
+    timingsMs: {
+      quantize: Math.round(tQuant - t0),
+      eval: Math.round(tEval - tQuant),
+      bench: Math.round(tBench - tEval),
+      total: Math.round(performance.now() - t0),
+    },
+  };
+  return { report, quantize: qr };
+}
