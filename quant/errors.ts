@@ -19,7 +19,30 @@ export type ErrorCode =
   | 'E_ARGUMENT'
   | 'E_ACCURACY_BUDGET'
   | 'E_CONFIG_INVALID'
-  | 'E_RUNTIME';
+  // the local inference endpoint (agent/serve)
+  | 'E_MODEL_NAME'
+  | 'E_MODEL_UNKNOWN'
+  | 'E_NOT_FOUND'
+  | 'E_METHOD_NOT_ALLOWED'
+  | 'E_BODY_TOO_LARGE'
+  | 'E_BAD_JSON'
+  | 'E_BAD_REQUEST'
+  | 'E_INPUT_MISSING'
+  | 'E_INPUT_UNKNOWN'
+  | 'E_INPUT_INVALID'
+  | 'E_TIMEOUT'
+  | 'E_UNAVAILABLE'
+  | 'E_ADDRESS_IN_USE'
+  | 'E_INTERNAL'
+  | 'E_RUNTIME'
+  // the on-device store and capture (agent/store, agent/capture)
+  | 'E_CAPTURE_INVALID'
+  | 'E_STORE_INVALID'
+  | 'E_STORE_VERSION'
+  | 'E_STORE_BUSY'
+  | 'E_RUN_UNKNOWN'
+  | 'E_RUN_STATE'
+  | 'E_INTERRUPTED';
 
 export class EdgeqError extends Error {
   readonly code: ErrorCode;
