@@ -2,7 +2,7 @@
  * NumPy .npy files: the tensor format of the CLI. Reading is streamed — a file is opened once
  * and read a batch of samples at a time — so calibration memory does not grow with the file.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { EdgeqError, fsError } from './errors.js';
 import { writeFileAtomic } from './onnx/model.js';
 
@@ -138,23 +138,120 @@ function dtypeOf(data: NpyArray): NpyDtype {
   return 'int64';
 }
 
+/** The .npy (format 1.0) header for a C-order array, padded so the data starts on 64 bytes. */
+export function npyHeader(dtype: NpyDtype, shape: readonly number[]): Uint8Array {
+  const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
+  let header = `{'descr': '${DESCR_OF[dtype]}', 'fortran_order': False, 'shape': ${shapeText}, }`;
+  const total = 10 + header.length + 1;
+  header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
+  const out = new Uint8Array(10 + header.length);
+  out.set([0x93, ...Buffer.from('NUMPY', 'latin1'), 1, 0], 0);
+  new DataView(out.buffer).setUint16(8, header.length, true);
+  out.set(Buffer.from(header, 'latin1'), 10);
+  return out;
+}
+
 /** Encodes an array as .npy (format 1.0) bytes. */
 export function encodeNpy(data: NpyArray, shape: readonly number[]): Uint8Array {
   const n = shape.reduce((a, b) => a * b, 1);
   if (n !== data.length) throw new Error(`encodeNpy: ${data.length} values do not fill shape (${shape.join(', ')})`);
-  const shapeText = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
-  let header = `{'descr': '${DESCR_OF[dtypeOf(data)]}', 'fortran_order': False, 'shape': ${shapeText}, }`;
-  // Pad so the data starts on a 64-byte boundary, as NumPy does.
-  const total = 10 + header.length + 1;
-  header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
-  const out = new Uint8Array(10 + header.length + data.byteLength);
-  out.set([0x93, ...Buffer.from('NUMPY', 'latin1'), 1, 0], 0);
-  new DataView(out.buffer).setUint16(8, header.length, true);
-  out.set(Buffer.from(header, 'latin1'), 10);
-  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 10 + header.length);
+  const header = npyHeader(dtypeOf(data), shape);
+  const out = new Uint8Array(header.length + data.byteLength);
+  out.set(header, 0);
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), header.length);
   return out;
+}
+
+/**
+ * Writes a .npy file a sample at a time (the sample count is known up front), to a temporary
+ * name that close() fsyncs and renames into place; abort() removes it.
+ */
+export class NpyWriter {
+  private fd: number;
+  private written = 0;
+  private readonly tmp: string;
+  private readonly expected: number;
+
+  constructor(readonly path: string, readonly dtype: NpyDtype, readonly shape: readonly number[]) {
+    this.tmp = `${path}.${process.pid}.tmp`;
+    this.expected = shape.reduce((a, b) => a * b, 1) * ITEM_SIZE[dtype];
+    try {
+      this.fd = openSync(this.tmp, 'w', 0o644);
+    } catch (e) {
+      throw fsError(e, path, true);
+    }
+    this.put(npyHeader(dtype, shape));
+    this.written = 0;
+  }
+
+  private put(bytes: Uint8Array): void {
+    let off = 0;
+    while (off < bytes.length) off += writeSync(this.fd, bytes, off, bytes.length - off);
+  }
+
+  append(bytes: Uint8Array): void {
+    if (this.written + bytes.length > this.expected) throw new Error(`NpyWriter: more data than shape (${this.shape.join(', ')}) holds`);
+    this.put(bytes);
+    this.written += bytes.length;
+  }
+
+  close(): void {
+    if (this.written !== this.expected) {
+      this.abort();
+      throw new Error(`NpyWriter: ${this.written} of ${this.expected} bytes written for shape (${this.shape.join(', ')})`);
+    }
+    fsyncSync(this.fd);
+    closeSync(this.fd);
+    renameSync(this.tmp, this.path);
+  }
+
+  abort(): void {
+    try { closeSync(this.fd); } catch { /* closed */ }
+    try { unlinkSync(this.tmp); } catch { /* gone */ }
+  }
 }
 
 export function writeNpy(path: string, data: NpyArray, shape: readonly number[]): void {
   writeFileAtomic(path, encodeNpy(data, shape));
+}
+
+/**
+ * Parses a whole .npy file held in memory (an HTTP body, say). `what` names the source in errors.
+ * The data is copied into its own buffer, so the typed array is aligned whatever the offset.
+ * Unlike a file on disk, bytes after the array's data are an error.
+ */
+export function parseNpy(bytes: Uint8Array, what = 'the data'): { dtype: NpyDtype; shape: number[]; data: NpyArray } {
+  const bad = (why: string) => new EdgeqError('E_NPY_INVALID', `${what} is not a valid .npy file: ${why}`);
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (head.length < 10 || head.readUInt8(0) !== 0x93 || head.toString('latin1', 1, 6) !== 'NUMPY') throw bad('no NUMPY magic');
+  const major = head.readUInt8(6);
+  let headerLen: number;
+  let start: number;
+  if (major === 1) {
+    headerLen = head.readUInt16LE(8);
+    start = 10;
+  } else if (major === 2 || major === 3) {
+    if (head.length < 12) throw bad('truncated header');
+    headerLen = head.readUInt32LE(8);
+    start = 12;
+  } else throw bad(`unknown format version ${major}`);
+  if (headerLen > MAX_HEADER || start + headerLen > head.length) throw bad('truncated or oversized header');
+  const header = head.toString(major === 3 ? 'utf8' : 'latin1', start, start + headerLen);
+  const descr = /'descr'\s*:\s*'([^']*)'/.exec(header)?.[1];
+  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (descr === undefined || fortran === undefined || shapeText === undefined) throw bad('header lacks descr, fortran_order or shape');
+  const dtype = DESCR[descr];
+  if (!dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `${what}: dtype ${descr} is not supported (use float32, float64, uint8, int8, int32 or int64, little-endian)`);
+  if (fortran === 'True') throw new EdgeqError('E_NPY_INVALID', `${what}: Fortran-ordered arrays are not supported; save it in C order (np.ascontiguousarray)`);
+  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
+  const dataOffset = start + headerLen;
+  const elements = shape.reduce((a, b) => a * b, 1);
+  const expected = dataOffset + elements * ITEM_SIZE[dtype];
+  if (head.length < expected) throw bad(`truncated: shape (${shape.join(', ')}) needs ${expected} bytes, there are ${head.length}`);
+  if (head.length > expected) throw bad(`${head.length - expected} bytes follow the data of shape (${shape.join(', ')})`);
+  const buf = new ArrayBuffer(elements * ITEM_SIZE[dtype]);
+  new Uint8Array(buf).set(bytes.subarray(dataOffset, expected));
+  return { dtype, shape, data: view(dtype, buf, elements) };
 }
