@@ -7,6 +7,9 @@ import { benchCommand } from './commands/bench.js';
 import { evalCommand } from './commands/eval.js';
 import { optimizeCommand } from './commands/optimize.js';
 import { reportCommand } from './commands/report.js';
+import { modelsCommand } from './commands/models.js';
+import { captureCommand } from './commands/capture.js';
+import { serveCommand } from './commands/serve.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -22,9 +25,8 @@ export async function main(argv: string[]): Promise<void> {
     .version()
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err) => {
-      // yargs' own parse errors (a flag missing its value) are usage errors too; anything else
-      // thrown from a command is a bug and keeps its stack.
-      if (err && err.name !== 'YError') throw err;
+      // Commands report their own errors, so what reaches here is about the command line: yargs'
+      // parse errors (a flag missing its value) and failed .check()s — usage errors, exit 2.
       if (err) msg = err.message;
       if (wantsJson) printJson({ ok: false, error: { code: 'E_USAGE', message: msg } });
       else process.stderr.write(`edgeq: error: ${msg}\n(edgeq --help for usage)\n`);
@@ -36,6 +38,9 @@ export async function main(argv: string[]): Promise<void> {
   cli = benchCommand(cli);
   cli = optimizeCommand(cli);
   cli = reportCommand(cli);
+  cli = modelsCommand(cli);
+  cli = captureCommand(cli);
+  cli = serveCommand(cli);
   await cli.parseAsync();
 }
 

@@ -1,6 +1,7 @@
 /**
- * The agent's configuration file (JSON). Only the `quantize` section exists so far: defaults for
- * `edgeq quantize` and the daemon's conversions, applied over the CPU's profile and under flags.
+ * The agent's configuration file (JSON): `quantize` (defaults for conversions, applied over the
+ * CPU's profile and under flags), `stateDir` (where the store and model files live) and `serve`
+ * (the local inference endpoint). Unknown keys are refused, so a typo cannot pass silently.
  */
 import { readFileSync } from 'node:fs';
 import { EdgeqError, fsError } from '../quant/errors.js';
@@ -19,8 +20,21 @@ export interface QuantizeConfig {
   biasCorrection?: boolean;
 }
 
+export interface ServeConfig {
+  /** Unix socket path (default: edgeq.sock in the state directory). */
+  socket?: string;
+  /** Also listen on this TCP port. */
+  port?: number;
+  /** TCP address: loopback unless allowNonLoopback says otherwise. */
+  host?: string;
+  allowNonLoopback?: boolean;
+  maxBodyBytes?: number;
+}
+
 export interface AgentConfig {
   quantize: QuantizeConfig;
+  stateDir?: string;
+  serve: ServeConfig;
 }
 
 type Check = (v: unknown) => boolean;
@@ -37,20 +51,36 @@ const QUANTIZE_KEYS: Record<keyof QuantizeConfig, [Check, string]> = {
   biasCorrection: [bool, 'true or false'],
 };
 
+const SERVE_KEYS: Record<keyof ServeConfig, [Check, string]> = {
+  socket: [(v) => typeof v === 'string' && v !== '', 'a socket path'],
+  port: [(v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535, 'a TCP port, 0 to 65535'],
+  host: [(v) => typeof v === 'string' && v !== '', 'an address'],
+  allowNonLoopback: [bool, 'true or false'],
+  maxBodyBytes: [(v) => Number.isInteger(v) && (v as number) > 0, 'a positive number of bytes'],
+};
+
 /** Validates a parsed config object; `source` names it in errors. */
 export function parseConfig(value: unknown, source: string): AgentConfig {
   const bad = (why: string) => new EdgeqError('E_CONFIG_INVALID', `${source}: ${why}`);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('the configuration must be a JSON object');
   const top = value as Record<string, unknown>;
-  for (const k of Object.keys(top)) if (k !== 'quantize') throw bad(`unknown key "${k}" (known: quantize)`);
-  const q = top.quantize ?? {};
-  if (typeof q !== 'object' || q === null || Array.isArray(q)) throw bad('"quantize" must be an object');
+  const known = ['quantize', 'stateDir', 'serve'];
+  for (const k of Object.keys(top)) if (!known.includes(k)) throw bad(`unknown key "${k}" (known: ${known.join(', ')})`);
+  if (top.stateDir !== undefined && (typeof top.stateDir !== 'string' || top.stateDir === '')) throw bad('"stateDir" must be a directory path');
+  const serve = checkSection(top.serve, 'serve', SERVE_KEYS, bad) as ServeConfig;
+  const q = checkSection(top.quantize, 'quantize', QUANTIZE_KEYS, bad) as QuantizeConfig;
+  return { quantize: q, serve, ...(top.stateDir ? { stateDir: top.stateDir as string } : {}) };
+}
+
+function checkSection(value: unknown, name: string, rules: Record<string, [Check, string]>, bad: (why: string) => EdgeqError): Record<string, unknown> {
+  const q = value ?? {};
+  if (typeof q !== 'object' || q === null || Array.isArray(q)) throw bad(`"${name}" must be an object`);
   for (const [k, v] of Object.entries(q)) {
-    const rule = QUANTIZE_KEYS[k as keyof QuantizeConfig];
-    if (!rule) throw bad(`unknown key "quantize.${k}" (known: ${Object.keys(QUANTIZE_KEYS).join(', ')})`);
-    if (!rule[0](v)) throw bad(`"quantize.${k}" must be ${rule[1]}, got ${JSON.stringify(v)}`);
+    const rule = rules[k];
+    if (!rule) throw bad(`unknown key "${name}.${k}" (known: ${Object.keys(rules).join(', ')})`);
+    if (!rule[0](v)) throw bad(`"${name}.${k}" must be ${rule[1]}, got ${JSON.stringify(v)}`);
   }
-  return { quantize: q as QuantizeConfig };
+  return q as Record<string, unknown>;
 }
 
 export function loadConfig(path: string): AgentConfig {

@@ -4,13 +4,17 @@
  * daemon runs it for the fleet's `optimize` command.
  */
 import { randomUUID } from 'node:crypto';
-import { basename } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { benchInChild, type BenchResult } from '../quant/bench-process.js';
 import { evaluate } from '../quant/evaluate.js';
 import { sha256File } from '../quant/hash.js';
 import { quantize, type QuantizeOptions, type QuantizeResult } from '../quant/index.js';
+import { isEdgeqError } from '../quant/errors.js';
 import { deviceFacts } from './device.js';
+import { storeData, type StoreData } from './from-store.js';
+import { registerModel } from './models.js';
+import type { Store } from './store/index.js';
 import { localCpuAsync } from './detect.js';
 import { REPORT_SCHEMA, type LatencyFigures, type Report } from './protocol/report.js';
 import { AGENT_VERSION } from './version.js';
@@ -121,4 +125,52 @@ export async function optimize(opts: OptimizeOptions): Promise<OptimizeOutcome> 
     },
   };
   return { report, quantize: qr };
+}
+
+export interface StoreOptimizeOptions extends Omit<OptimizeOptions, 'quantize' | 'data' | 'labels'> {
+  /** quantize() options but for model, calibration data and output, which come from the store. */
+  quantize: Omit<QuantizeOptions, 'model' | 'calib' | 'out'>;
+  /** Called with the run id as soon as the run row exists. */
+  onRun?: (runId: string) => void;
+}
+
+/**
+ * The main job on a registered model: calibrate on the calibration split of its captured
+ * samples, evaluate on the held-out split (with their labels when all have one), bench both,
+ * record the run (parameters, progress, report or error) in the store, and register the int8
+ * model as the next version — not activated: promotion is the gate's decision.
+ */
+export async function optimizeFromStore(store: Store, stateDir: string, name: string, opts: StoreOptimizeOptions): Promise<OptimizeOutcome & { runId: string; int8Version: number }> {
+  const { onProgress: _p, ...params } = opts.quantize;
+  const run = store.createRun('optimize', { model: name, quantize: { ...params, profile: params.profile.name }, benchThreads: opts.benchThreads, runs: opts.runs });
+  opts.onRun?.(run.id);
+  store.startRun(run.id);
+  const hasHoldout = store.hasModel(name) && store.countSamples(name, 'holdout') > 0;
+  let data: StoreData | undefined;
+  try {
+    data = storeData(store, name, { calibration: true, holdout: hasHoldout });
+    const calib = data.calibration!;
+    const out = join(dirname(calib.files.values().next().value!), `${name}.int8.onnx`);
+    const stages = { quantize: 0, eval: 1, bench: 2 } as const;
+    const outcome = await optimize({
+      ...opts,
+      quantize: { ...opts.quantize, model: data.fp32.path, calib: calib.files, out, labels: opts.quantize.labels ?? calib.labels },
+      data: data.holdout?.files,
+      labels: data.holdout?.labels,
+      onStage: (stage, done, total) => {
+        opts.onStage?.(stage, done, total);
+        store.setProgress(run.id, Math.min(1, (stages[stage] + (total ? done / total : 0)) / 3));
+      },
+    });
+    const v = await registerModel(store, stateDir, name, out, 'int8', data.fp32.version);
+    outcome.report.int8.name = `${name}@v${v.version}`;
+    outcome.report.model.name = `${name}@v${data.fp32.version}`;
+    store.finishRun(run.id, outcome.report);
+    return { ...outcome, runId: run.id, int8Version: v.version };
+  } catch (e) {
+    store.failRun(run.id, { code: isEdgeqError(e) ? e.code : 'E_INTERNAL', message: e instanceof Error ? e.message : String(e) });
+    throw e;
+  } finally {
+    data?.cleanup();
+  }
 }

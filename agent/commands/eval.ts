@@ -2,12 +2,19 @@
 import type { Argv } from 'yargs';
 import { evaluate, type ErrorStats, type EvaluateResult } from '../../quant/evaluate.js';
 import { countArg, parseInputFiles } from '../args.js';
+import { storeData } from '../from-store.js';
 import { printJson, progressLine, reportError } from '../output.js';
+import { withStoreSync } from './common.js';
+import { needsModel } from './quantize.js';
 
 export interface EvalArgs {
-  model: string;
+  model?: string;
   compare?: string;
-  data: string[];
+  data?: string[];
+  'from-store'?: boolean;
+  'model-name'?: string;
+  'state-dir'?: string;
+  config?: string;
   labels?: string;
   layers: boolean;
   count?: string;
@@ -31,9 +38,18 @@ export function evalCommand(y: Argv): Argv {
             '--layers adds, for every tensor the int8 model quantizes, the SQNR between the fp32\n' +
             'activation and the int8 one, worst first: where the accuracy went.',
         )
-        .option('model', { type: 'string', demandOption: true, describe: 'the reference (fp32) ONNX model' })
+        .option('model', { type: 'string', describe: 'the reference (fp32) ONNX model' })
         .option('compare', { type: 'string', describe: 'a model with the same inputs and outputs to compare against it (the int8 one)' })
-        .option('data', { type: 'string', array: true, demandOption: true, describe: 'samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
+        .option('data', { type: 'string', array: true, describe: 'samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' })
+        .option('from-store', { type: 'boolean', describe: 'evaluate a registered model on its held-out captured samples (with --model-name)' })
+        .option('model-name', { type: 'string', describe: 'a model registered on this device (edgeq models ls)' })
+        .option('state-dir', { type: 'string', describe: 'state directory holding the store' })
+        .option('config', { type: 'string', describe: 'agent config file (JSON)' })
+        .check((argv) => {
+          needsModel('--data')(argv);
+          if (argv['model-name'] === undefined && argv.data === undefined) throw new Error('Missing required argument: data');
+          return true;
+        })
         .option('labels', { type: 'string', describe: 'class labels (.npy, 1-D integers, one per sample) for top-1/top-5 accuracy' })
         .option('layers', { type: 'boolean', default: false, describe: 'per-layer error of the --compare model (a QDQ model such as edgeq writes)' })
         .option('count', { type: 'string', describe: 'use only the first N samples' })
@@ -52,23 +68,36 @@ export function evalCommand(y: Argv): Argv {
 export async function runEval(args: EvalArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
-    const result = await evaluate({
-      model: args.model,
-      compare: args.compare,
-      data: parseInputFiles(args.data, '--data'),
-      labels: args.labels,
+    const result = await withEvalData(args, (a) => evaluate({
+      model: a.model!,
+      compare: a.compare,
+      data: parseInputFiles(a.data!, '--data'),
+      labels: a.labels,
       layers: args.layers,
       count: countArg('--count', args.count),
       batch: countArg('--batch', args.batch),
       threads: countArg('--threads', args.threads),
       onProgress: (done, total) => progress.update('evaluating', done, total),
-    });
+    }));
     progress.done();
     if (args.json) printJson(result);
     else process.stdout.write(renderEval(result, countArg('--top', args.top) ?? 10));
   } catch (e) {
     progress.done();
     reportError(e, args.json);
+  }
+}
+
+/** With --from-store: the registered fp32 model and its held-out samples (and their labels). */
+async function withEvalData<T>(args: EvalArgs, run: (a: EvalArgs) => Promise<T>): Promise<T> {
+  const name = args['model-name'];
+  if (!name) return run(args);
+  const data = withStoreSync({ 'state-dir': args['state-dir'], config: args.config, json: args.json }, ({ store }) => storeData(store, name, { holdout: true }));
+  try {
+    const h = data.holdout!;
+    return await run({ ...args, model: data.fp32.path, data: [...h.files].map(([n, p]) => `${n}=${p}`), labels: args.labels ?? h.labels });
+  } finally {
+    data.cleanup();
   }
 }
 

@@ -3,9 +3,10 @@ import type { Argv } from 'yargs';
 import { EdgeqError } from '../../quant/errors.js';
 import { writeFileAtomic } from '../../quant/onnx/model.js';
 import { countArg, parseInputFiles } from '../args.js';
-import { optimize } from '../optimize.js';
+import { optimize, optimizeFromStore } from '../optimize.js';
 import { printJson, progressLine, reportError } from '../output.js';
-import { quantizeOptions, quantizeRequest, type QuantizeArgs } from './quantize.js';
+import { needsModel, quantizeOptions, quantizeRequest, type QuantizeArgs } from './quantize.js';
+import { withStore } from './common.js';
 import { renderReport } from './report.js';
 
 export interface OptimizeArgs extends QuantizeArgs {
@@ -32,6 +33,7 @@ export function optimizeCommand(y: Argv): Argv {
         )
         .options(quantizeOptions({ calibLabels: false }))
         .conflicts('per-channel', 'per-tensor')
+        .check(needsModel('--calib', false))
         .option('data', { type: 'string', array: true, describe: 'evaluation samples: FILE.npy, or NAME=FILE.npy per input (default: the calibration samples)' })
         .option('labels', { type: 'string', describe: 'class labels of the evaluation samples (.npy, one per sample)' })
         .option('report', { type: 'string', describe: 'write the run report (JSON) here, atomically' })
@@ -49,21 +51,31 @@ export async function runOptimize(args: OptimizeArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
     if (args.labels && !args.data) throw new EdgeqError('E_ARGUMENT', '--labels labels the evaluation samples: give them with --data');
-    const { options, reason } = quantizeRequest({ ...args, labels: undefined });
-    const { report } = await optimize({
-      quantize: options,
+    const name = args['model-name'];
+    if (name && (args.data || args.calib)) throw new EdgeqError('E_ARGUMENT', '--model-name takes calibration and evaluation samples from the store: drop --calib and --data');
+    const { options, reason } = quantizeRequest({ ...args, labels: undefined, ...(name ? { model: '', calib: [], out: '' } : {}) });
+    const common = {
       reason,
-      data: args.data ? parseInputFiles(args.data, '--data') : undefined,
-      labels: args.labels,
       benchThreads: countArg('--bench-threads', args['bench-threads']),
       runs: countArg('--runs', args.runs),
       warmup: countArg('--warmup', args.warmup, 0),
-      onStage: (stage, done, total) => progress.update(stage === 'quantize' ? 'calibrating' : stage === 'eval' ? 'evaluating' : 'benchmarking', done, total),
-    });
+      onStage: (stage: 'quantize' | 'eval' | 'bench', done: number, total: number) => progress.update(stage === 'quantize' ? 'calibrating' : stage === 'eval' ? 'evaluating' : 'benchmarking', done, total),
+    };
+    let report;
+    let note = '';
+    if (name) {
+      const { model: _m, calib: _c, out: _o, ...quantize } = options;
+      const o = await withStore(args, ({ store, stateDir }) => optimizeFromStore(store, stateDir, name, { ...common, quantize }));
+      report = o.report;
+      note = `run ${o.runId} recorded; int8 registered as ${name} v${o.int8Version} (not active)\n`;
+    } else {
+      if (!args.out) throw new EdgeqError('E_ARGUMENT', '--out is required with --model (where to write the int8 model)');
+      report = (await optimize({ ...common, quantize: options, data: args.data ? parseInputFiles(args.data, '--data') : undefined, labels: args.labels })).report;
+    }
     progress.done();
     if (args.report) writeFileAtomic(args.report, new TextEncoder().encode(JSON.stringify(report, null, 2) + '\n'));
     if (args.json) printJson(report);
-    else process.stdout.write(renderReport(report) + (args.report ? `report written to ${args.report}\n` : ''));
+    else process.stdout.write(renderReport(report) + note + (args.report ? `report written to ${args.report}\n` : ''));
   } catch (e) {
     progress.done();
     reportError(e, args.json);

@@ -3,12 +3,17 @@ import type { Argv } from 'yargs';
 import { EdgeqError, METHODS, isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeOptions, type QuantizeResult } from '../../quant/index.js';
 import { parseInputFiles, positiveInt } from '../args.js';
 import { loadConfig } from '../config.js';
+import { storeData, type StoreData } from '../from-store.js';
+import { withStoreSync } from './common.js';
 import { chooseProfile, localCpu } from '../detect.js';
 import { formatBytes, printJson, progressLine, reportError } from '../output.js';
 
 export interface QuantizeArgs {
-  model: string;
-  calib: string[];
+  model?: string;
+  calib?: string[];
+  'from-store'?: boolean;
+  'model-name'?: string;
+  'state-dir'?: string;
   out: string;
   profile?: string;
   config?: string;
@@ -35,9 +40,12 @@ export interface QuantizeArgs {
  */
 export function quantizeOptions(o: { calibLabels: boolean }) {
   return {
-    model: { type: 'string', demandOption: true, describe: 'float32 ONNX model to convert' },
-    calib: { type: 'string', array: true, demandOption: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' },
-    out: { type: 'string', demandOption: true, describe: 'where to write the int8 model (written atomically)' },
+    model: { type: 'string', describe: 'float32 ONNX model to convert' },
+    calib: { type: 'string', array: true, describe: 'calibration samples: FILE.npy, or NAME=FILE.npy per model input (repeat)' },
+    'from-store': { type: 'boolean', describe: 'take the model and calibration samples from the device store (with --model-name)' },
+    'model-name': { type: 'string', describe: 'a model registered on this device (edgeq models ls); its captured samples are the data' },
+    'state-dir': { type: 'string', describe: 'state directory holding the store (see edgeq serve --help)' },
+    out: { type: 'string', describe: 'where to write the int8 model (written atomically)' },
     profile: { type: 'string', choices: ['auto', 'fbgemm', 'qnnpack'], describe: 'quantization profile; auto (default) picks from this CPU' },
     config: { type: 'string', describe: 'JSON file whose "quantize" section sets defaults (profile, perChannel, reduceRange, activations, method, bins, percentile, maxDrop, biasCorrection); flags override it' },
     method: { type: 'string', choices: [...METHODS, 'auto'], describe: "activation range method (default: the profile's, histogram); auto tries every method and granularity on held-out samples and keeps the best" },
@@ -57,6 +65,21 @@ export function quantizeOptions(o: { calibLabels: boolean }) {
   } as const;
 }
 
+/**
+ * yargs check: a model and its data come either from files (--model and `dataFlag`) or from the
+ * store (--model-name, with --from-store where the command asks for it).
+ */
+export function needsModel(dataFlag: '--calib' | '--data', fromStoreFlag = true) {
+  return (argv: Record<string, unknown>): true => {
+    const named = argv['model-name'] !== undefined;
+    if (fromStoreFlag && Boolean(argv['from-store']) !== named) throw new Error('--from-store and --model-name go together');
+    if (named && argv.model !== undefined) throw new Error('give --model FILE or --model-name NAME, not both');
+    if (!named && argv.model === undefined) throw new Error('Missing required argument: model (or --from-store --model-name NAME)');
+    if (!named && argv[dataFlag.slice(2)] === undefined && dataFlag === '--calib') throw new Error(`Missing required argument: ${dataFlag.slice(2)}`);
+    return true;
+  };
+}
+
 export function quantizeCommand(y: Argv): Argv {
   return y.command(
     'quantize',
@@ -71,6 +94,8 @@ export function quantizeCommand(y: Argv): Argv {
         )
         .options(quantizeOptions({ calibLabels: true }))
         .conflicts('per-channel', 'per-tensor')
+        .check(needsModel('--calib'))
+        .demandOption('out')
         .example('edgeq quantize --model m.onnx --calib calib.npy --out m.int8.onnx', 'convert with the profile this CPU suggests')
         .example('edgeq quantize --model m.onnx --calib images=a.npy --calib mask=b.npy --out q.onnx --json', 'a two-input model, JSON result'),
     async (argv) => {
@@ -108,8 +133,8 @@ export function quantizeRequest(args: QuantizeArgs, onProgress?: QuantizeOptions
     profile.bins = args.bins;
   }
   const options: QuantizeOptions = {
-    model: args.model,
-    calib: parseInputFiles(args.calib, '--calib'),
+    model: args.model!,
+    calib: parseInputFiles(args.calib!, '--calib'),
     out: args.out,
     profile,
     method: (args.method ?? cfg.method) as CalibrationMethod | 'auto' | undefined,
@@ -125,11 +150,34 @@ export function quantizeRequest(args: QuantizeArgs, onProgress?: QuantizeOptions
   return { options, reason };
 }
 
+/**
+ * With --from-store: the registered model's fp32 file and its calibration split as .npy files
+ * (labels too when every sample has one); `run` gets the arguments rewritten to point at them.
+ */
+export async function withStoreData<T>(args: QuantizeArgs, want: { calibration?: boolean; holdout?: boolean }, run: (args: QuantizeArgs, data?: StoreData) => Promise<T>): Promise<T> {
+  const name = args['model-name'];
+  if (!name) return run(args);
+  const data = withStoreSync({ 'state-dir': args['state-dir'], config: args.config, json: args.json }, ({ store }) => storeData(store, name, want));
+  try {
+    const calib = data.calibration;
+    return await run({
+      ...args,
+      model: data.fp32.path,
+      calib: calib ? [...calib.files].map(([n, p]) => `${n}=${p}`) : args.calib,
+      labels: args.labels ?? calib?.labels,
+    }, data);
+  } finally {
+    data.cleanup();
+  }
+}
+
 export async function runQuantize(args: QuantizeArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
-    const { options } = quantizeRequest(args, (stage, done, total) => progress.update(stage === 'calibrate' ? 'calibrating' : 'trying candidates', done, total));
-    const result = await quantize(options);
+    const result = await withStoreData(args, { calibration: true }, (a) => {
+      const { options } = quantizeRequest(a, (stage, done, total) => progress.update(stage === 'calibrate' ? 'calibrating' : 'trying candidates', done, total));
+      return quantize(options);
+    });
     progress.done();
     if (args.json) printJson(result);
     else printSummary(result);

@@ -1,0 +1,66 @@
+/**
+ * The local inference endpoint wired to the store: it serves each model's active version and
+ * captures per the model's policy. `edgeq serve` runs it alone; the daemon runs it beside the
+ * fleet link.
+ */
+import { CaptureWriter } from './capture/index.js';
+import type { ServeConfig } from './config.js';
+import { startServer, type CaptureSink, type ModelSource, type RunningServer, type ServedModel } from './serve/index.js';
+import type { Store } from './store/index.js';
+
+/** The active version of each model in the store. */
+export function storeModels(store: Store): ModelSource {
+  const served = (name: string): ServedModel | undefined => {
+    const v = store.activeVersion(name);
+    return v ? { name, version: v.version, kind: v.kind, path: v.path } : undefined;
+  };
+  return {
+    resolve: (name) => (store.hasModel(name) ? served(name) : undefined),
+    list: () => store.listModels().map((m) => served(m.name)).filter((m): m is ServedModel => m !== undefined),
+  };
+}
+
+export function storeCapture(store: Store, writer: CaptureWriter): CaptureSink {
+  return {
+    offer: (model, _version, tensors, source) => writer.offer(model, tensors, source),
+    stats: () => Object.fromEntries(store.listModels().map((m) => {
+      const s = store.captureStats(m.name);
+      return [m.name, { samples: s.kept, bytes: s.bytes }];
+    })),
+  };
+}
+
+export interface Endpoint {
+  server: RunningServer;
+  writer?: CaptureWriter;
+  close(): Promise<void>;
+}
+
+export type Log = (event: Record<string, unknown>) => void;
+
+/** One JSON object per line on stderr: journald and log shippers parse it as is. */
+export const jsonLog: Log = (event) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...event }) + '\n');
+
+export async function startEndpoint(store: Store, opts: ServeConfig & { socket?: string; capture?: boolean; threads?: number; log?: Log }): Promise<Endpoint> {
+  const log = opts.log ?? jsonLog;
+  const writer = opts.capture === false ? undefined : new CaptureWriter(store, { onError: (e) => log({ level: 'warn', event: 'capture-refused', message: (e as Error).message }) });
+  const server = await startServer({
+    socket: opts.socket,
+    port: opts.port,
+    host: opts.host,
+    allowNonLoopback: opts.allowNonLoopback,
+    maxBodyBytes: opts.maxBodyBytes,
+    threads: opts.threads,
+    models: storeModels(store),
+    capture: writer ? storeCapture(store, writer) : undefined,
+    log,
+  });
+  return {
+    server,
+    writer,
+    async close() {
+      await server.close();
+      await writer?.close();
+    },
+  };
+}
