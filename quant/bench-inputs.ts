@@ -3,6 +3,7 @@
  * pseudo-random data of the model's input shapes and types. Dynamic dimensions come from shape
  * overrides (`--shape NAME=1,3,224,224`); a dynamic leading (batch) dimension takes the batch size.
  */
+import { rng } from './random.js';
 import { EdgeqError } from './errors.js';
 import type { InputInfo } from './feed.js';
 import { NpyFile } from './npy.js';
@@ -112,18 +113,6 @@ function resolveShape(i: InputInfo, batch: number, override: readonly number[] |
       `model input "${i.name}" ${fmt(i.shape)} has a dynamic dimension ${k}${typeof d === 'string' && d ? ` ("${d}")` : ''}: pass --shape ${i.name}=${dims.map((x) => (isStatic(x) ? x : `<${x || '?'}>`)).join(',')} with a size for it`,
     );
   });
-}
-
-/** mulberry32: deterministic, uniform in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function seedOf(name: string, seed: number): number {

@@ -29,6 +29,40 @@ function view(dtype: NpyDtype, buf: ArrayBuffer, n: number): NpyArray {
 
 const MAX_HEADER = 1 << 16;
 
+const npyInvalid = (what: string, why: string) => new EdgeqError('E_NPY_INVALID', `${what} is not a valid .npy file: ${why}`);
+
+/**
+ * The header of .npy bytes (format 1, 2 or 3): dtype, shape and where the data starts. `what`
+ * names the source in errors; `head` need hold only the header.
+ */
+function parseHeader(head: Buffer, what: string): { dtype: NpyDtype; shape: number[]; dataOffset: number } {
+  const bad = (why: string) => npyInvalid(what, why);
+  if (head.length < 10 || head.readUInt8(0) !== 0x93 || head.toString('latin1', 1, 6) !== 'NUMPY') throw bad('no NUMPY magic');
+  const major = head.readUInt8(6);
+  let headerLen: number;
+  let start: number;
+  if (major === 1) {
+    headerLen = head.readUInt16LE(8);
+    start = 10;
+  } else if (major === 2 || major === 3) {
+    if (head.length < 12) throw bad('truncated header');
+    headerLen = head.readUInt32LE(8);
+    start = 12;
+  } else throw bad(`unknown format version ${major}`);
+  if (headerLen > MAX_HEADER || start + headerLen > head.length) throw bad('truncated or oversized header');
+  const header = head.toString(major === 3 ? 'utf8' : 'latin1', start, start + headerLen);
+  const descr = /'descr'\s*:\s*'([^']*)'/.exec(header)?.[1];
+  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (descr === undefined || fortran === undefined || shapeText === undefined) throw bad('header lacks descr, fortran_order or shape');
+  const dtype = DESCR[descr];
+  if (!dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `${what}: dtype ${descr} is not supported (use float32, float64, uint8, int8, int32 or int64, little-endian)`);
+  if (fortran === 'True') throw new EdgeqError('E_NPY_INVALID', `${what}: Fortran-ordered arrays are not supported; save it in C order (np.ascontiguousarray)`);
+  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
+  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
+  return { dtype, shape, dataOffset: start + headerLen };
+}
+
 /** An open .npy file whose leading axis counts samples. Call close() when done. */
 export class NpyFile {
   readonly dtype: NpyDtype;
@@ -62,34 +96,10 @@ export class NpyFile {
       if (st.isDirectory()) throw new EdgeqError('E_FILE_UNREADABLE', `${path} is a directory, not a .npy file`);
       const head = Buffer.alloc(Math.min(st.size, MAX_HEADER + 12));
       readSync(fd, head, 0, head.length, 0);
-      const bad = (why: string) => new EdgeqError('E_NPY_INVALID', `${path} is not a valid .npy file: ${why}`);
-      if (head.length < 10 || head.readUInt8(0) !== 0x93 || head.toString('latin1', 1, 6) !== 'NUMPY') throw bad('no NUMPY magic');
-      const major = head.readUInt8(6);
-      let headerLen: number;
-      let start: number;
-      if (major === 1) {
-        headerLen = head.readUInt16LE(8);
-        start = 10;
-      } else if (major === 2 || major === 3) {
-        if (head.length < 12) throw bad('truncated header');
-        headerLen = head.readUInt32LE(8);
-        start = 12;
-      } else throw bad(`unknown format version ${major}`);
-      if (headerLen > MAX_HEADER || start + headerLen > head.length) throw bad('truncated or oversized header');
-      const header = head.toString(major === 3 ? 'utf8' : 'latin1', start, start + headerLen);
-      const descr = /'descr'\s*:\s*'([^']*)'/.exec(header)?.[1];
-      const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
-      const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
-      if (descr === undefined || fortran === undefined || shapeText === undefined) throw bad('header lacks descr, fortran_order or shape');
-      const dtype = DESCR[descr];
-      if (!dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `${path}: dtype ${descr} is not supported (use float32 or uint8, little-endian)`);
-      if (fortran === 'True') throw new EdgeqError('E_NPY_INVALID', `${path}: Fortran-ordered arrays are not supported; save it in C order (np.ascontiguousarray)`);
-      const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
-      if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
-      const dataOffset = start + headerLen;
+      const { dtype, shape, dataOffset } = parseHeader(head, path);
       const elements = shape.reduce((a, b) => a * b, 1);
       const expected = dataOffset + elements * ITEM_SIZE[dtype];
-      if (st.size < expected) throw bad(`truncated: shape (${shape.join(', ')}) needs ${expected} bytes, the file has ${st.size}`);
+      if (st.size < expected) throw npyInvalid(path, `truncated: shape (${shape.join(', ')}) needs ${expected} bytes, the file has ${st.size}`);
       return new NpyFile(path, fd, dtype, shape, dataOffset);
     } catch (e) {
       closeSync(fd);
@@ -221,36 +231,12 @@ export function writeNpy(path: string, data: NpyArray, shape: readonly number[])
  * Unlike a file on disk, bytes after the array's data are an error.
  */
 export function parseNpy(bytes: Uint8Array, what = 'the data'): { dtype: NpyDtype; shape: number[]; data: NpyArray } {
-  const bad = (why: string) => new EdgeqError('E_NPY_INVALID', `${what} is not a valid .npy file: ${why}`);
   const head = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (head.length < 10 || head.readUInt8(0) !== 0x93 || head.toString('latin1', 1, 6) !== 'NUMPY') throw bad('no NUMPY magic');
-  const major = head.readUInt8(6);
-  let headerLen: number;
-  let start: number;
-  if (major === 1) {
-    headerLen = head.readUInt16LE(8);
-    start = 10;
-  } else if (major === 2 || major === 3) {
-    if (head.length < 12) throw bad('truncated header');
-    headerLen = head.readUInt32LE(8);
-    start = 12;
-  } else throw bad(`unknown format version ${major}`);
-  if (headerLen > MAX_HEADER || start + headerLen > head.length) throw bad('truncated or oversized header');
-  const header = head.toString(major === 3 ? 'utf8' : 'latin1', start, start + headerLen);
-  const descr = /'descr'\s*:\s*'([^']*)'/.exec(header)?.[1];
-  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
-  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (descr === undefined || fortran === undefined || shapeText === undefined) throw bad('header lacks descr, fortran_order or shape');
-  const dtype = DESCR[descr];
-  if (!dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `${what}: dtype ${descr} is not supported (use float32, float64, uint8, int8, int32 or int64, little-endian)`);
-  if (fortran === 'True') throw new EdgeqError('E_NPY_INVALID', `${what}: Fortran-ordered arrays are not supported; save it in C order (np.ascontiguousarray)`);
-  const shape = shapeText.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
-  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw bad(`bad shape (${shapeText})`);
-  const dataOffset = start + headerLen;
+  const { dtype, shape, dataOffset } = parseHeader(head, what);
   const elements = shape.reduce((a, b) => a * b, 1);
   const expected = dataOffset + elements * ITEM_SIZE[dtype];
-  if (head.length < expected) throw bad(`truncated: shape (${shape.join(', ')}) needs ${expected} bytes, there are ${head.length}`);
-  if (head.length > expected) throw bad(`${head.length - expected} bytes follow the data of shape (${shape.join(', ')})`);
+  if (head.length < expected) throw npyInvalid(what, `truncated: shape (${shape.join(', ')}) needs ${expected} bytes, there are ${head.length}`);
+  if (head.length > expected) throw npyInvalid(what, `${head.length - expected} bytes follow the data of shape (${shape.join(', ')})`);
   const buf = new ArrayBuffer(elements * ITEM_SIZE[dtype]);
   new Uint8Array(buf).set(bytes.subarray(dataOffset, expected));
   return { dtype, shape, data: view(dtype, buf, elements) };

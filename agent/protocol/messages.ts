@@ -12,7 +12,7 @@
  * replies go (also) to the response topic, carrying the same correlation data.
  */
 import { z } from 'zod';
-import { describeIssues, ReportSchema, type Parsed } from './report.js';
+import { describeIssues, DeviceSchema, ReportSchema, type Parsed } from './report.js';
 
 export const DEFAULT_PREFIX = 'edgeq/v1';
 export const PROTOCOL_VERSION = 1;
@@ -60,16 +60,7 @@ export const StatusSchema = z.looseObject({
   at: z.iso.datetime(),
   protocol: z.literal(PROTOCOL_VERSION),
   agentVersion: z.string().optional(),
-  device: z.looseObject({
-    hostname: z.string(),
-    arch: z.string(),
-    cpu: z.string(),
-    cores: z.number().int().nonnegative(),
-    isa: z.array(z.string()),
-    os: z.string(),
-    node: z.string(),
-    onnxruntime: z.string(),
-  }).optional(),
+  device: DeviceSchema.optional(),
   profile: z.looseObject({ name: z.string(), reason: z.string() }).optional(),
   /** Active model versions on the device: name → version and kind. */
   models: z.record(z.string(), z.looseObject({ version: z.number().int(), kind: z.string() })).optional(),

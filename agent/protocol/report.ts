@@ -24,6 +24,18 @@ export const ModelFileSchema = z.looseObject({
   sizeBytes: z.number().int().positive(),
 });
 
+/** Facts about a device, as the report and the status message carry them. */
+export const DeviceSchema = z.looseObject({
+  hostname: z.string(),
+  arch: z.string(),
+  cpu: z.string(),
+  cores: z.number().int().nonnegative(),
+  isa: z.array(z.string()),
+  os: z.string(),
+  node: z.string(),
+  onnxruntime: z.string(),
+});
+
 export const LatencySchema = z.looseObject({
   p50Ms: ms,
   p90Ms: ms,
@@ -42,17 +54,7 @@ export const ReportSchema = z.looseObject({
   id: z.string().min(1),
   createdAt: z.iso.datetime(),
   agent: z.looseObject({ name: z.literal('edgeq'), version: z.string() }),
-  device: z.looseObject({
-    id: z.string().optional(),
-    hostname: z.string(),
-    arch: z.string(),
-    cpu: z.string(),
-    cores: z.number().int().nonnegative(),
-    isa: z.array(z.string()),
-    os: z.string(),
-    node: z.string(),
-    onnxruntime: z.string(),
-  }),
+  device: DeviceSchema.extend({ id: z.string().optional() }),
   model: ModelFileSchema,
   int8: ModelFileSchema,
   quantization: z.looseObject({
