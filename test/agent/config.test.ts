@@ -9,7 +9,7 @@ import { CLI, FMNIST, tempDir } from '../helpers/fixtures.js';
 test('a valid quantize section parses', (t) => {
   const c = parseConfig({ quantize: { profile: 'qnnpack', perChannel: true, method: 'percentile', percentile: 99.9, bins: 1024, maxDrop: 0.5 } }, 'cfg');
   t.is(c.quantize.profile, 'qnnpack');
-  t.deepEqual(parseConfig({}, 'cfg'), { quantize: {} });
+  t.deepEqual(parseConfig({}, 'cfg').quantize, {});
 });
 
 test('bad configs name the key and the file', (t) => {
