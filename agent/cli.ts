@@ -10,6 +10,7 @@ import { reportCommand } from './commands/report.js';
 import { modelsCommand } from './commands/models.js';
 import { captureCommand } from './commands/capture.js';
 import { serveCommand } from './commands/serve.js';
+import { runCommand } from './commands/run.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -41,6 +42,7 @@ export async function main(argv: string[]): Promise<void> {
   cli = modelsCommand(cli);
   cli = captureCommand(cli);
   cli = serveCommand(cli);
+  cli = runCommand(cli);
   await cli.parseAsync();
 }
 

@@ -168,7 +168,8 @@ export async function optimizeFromStore(store: Store, stateDir: string, name: st
     store.finishRun(run.id, outcome.report);
     return { ...outcome, runId: run.id, int8Version: v.version };
   } catch (e) {
-    store.failRun(run.id, { code: isEdgeqError(e) ? e.code : 'E_INTERNAL', message: e instanceof Error ? e.message : String(e) });
+    const code = isEdgeqError(e) ? e.code : 'E_INTERNAL';
+    store.failRun(run.id, { code, message: e instanceof Error ? e.message : String(e) }, code === 'E_CANCELLED' ? 'cancelled' : 'failed');
     throw e;
   } finally {
     data?.cleanup();

@@ -42,7 +42,18 @@ export type ErrorCode =
   | 'E_STORE_BUSY'
   | 'E_RUN_UNKNOWN'
   | 'E_RUN_STATE'
-  | 'E_INTERRUPTED';
+  | 'E_INTERRUPTED'
+  // the daemon and its fleet link (agent/daemon, agent/link)
+  | 'E_PAYLOAD_TOO_LARGE'
+  | 'E_COMMAND_INVALID'
+  | 'E_COMMAND_UNKNOWN'
+  | 'E_QUEUE_FULL'
+  | 'E_CANCELLED'
+  | 'E_EXPIRED'
+  | 'E_JOB_UNKNOWN'
+  | 'E_IMPORT_NOT_ALLOWED'
+  | 'E_DOWNLOAD'
+  | 'E_ALREADY_RUNNING';
 
 export class EdgeqError extends Error {
   readonly code: ErrorCode;

@@ -1,13 +1,11 @@
 /** `edgeq capture import|ls|stats|export|prune|policy`: the samples this device keeps per model. */
 import { mkdirSync } from 'node:fs';
 import type { Argv } from 'yargs';
-import { readLabels } from '../../quant/data.js';
 import { EdgeqError } from '../../quant/errors.js';
-import { NpyFile } from '../../quant/npy.js';
 import { countArg, parseInputFiles } from '../args.js';
-import { fromTypedArray } from '../capture/index.js';
+import { importNpy } from '../capture/import.js';
 import { formatBytes, printJson, progressLine, reportError } from '../output.js';
-import type { CapturePolicy, OfferOutcome, Split } from '../store/index.js';
+import type { CapturePolicy, Split } from '../store/index.js';
 import { exportSamples } from '../store-export.js';
 import { STORE_OPTIONS, withStore, withStoreSync, type StoreArgs } from './common.js';
 import { table } from './eval.js';
@@ -24,39 +22,9 @@ interface ImportArgs extends ModelArgs {
 
 const MODEL = { type: 'string', demandOption: true, describe: 'model name (edgeq models ls)' } as const;
 
-/** Streams .npy rows into the store, `batch` samples per transaction. */
+/** Streams .npy rows into the store, 64 samples per transaction. */
 async function importSamples(args: ImportArgs, onProgress: (done: number, total: number) => void) {
-  return withStore(args, ({ store }) => {
-    const target = store.captureTarget(args.model);
-    const paths = parseInputFiles(args.file, '--file');
-    if (paths.has('')) {
-      if (target.inputs.length !== 1) throw new EdgeqError('E_CALIB_MISSING', `model "${args.model}" has ${target.inputs.length} inputs: give --file NAME=FILE.npy for each`);
-      paths.set(target.inputs[0].name, paths.get('')!);
-      paths.delete('');
-    }
-    const files = new Map([...paths].map(([n, p]) => [n, NpyFile.open(p)]));
-    try {
-      const counts = new Set([...files.values()].map((f) => f.count));
-      if (counts.size > 1) throw new EdgeqError('E_SHAPE_MISMATCH', `the --file arrays hold different sample counts (${[...counts].join(', ')})`);
-      const total = [...counts][0] ?? 0;
-      const labels = args.labels ? readLabels(args.labels, total, 'samples', true) : undefined;
-      const outcomes: Record<OfferOutcome, number> = { kept: 0, 'sampled-out': 0, duplicate: 0, 'reservoir-full': 0, disabled: 0 };
-      const batch = 64;
-      for (let start = 0; start < total; start += batch) {
-        const n = Math.min(batch, total - start);
-        const samples = [];
-        for (let i = 0; i < n; i++) {
-          const tensors = [...files].map(([name, f]) => fromTypedArray(name, f.read(start + i, 1), [1, ...f.shape.slice(1)]));
-          samples.push({ tensors, source: args.source, ...(labels ? { label: Number(labels[start + i]) } : {}) });
-        }
-        for (const o of store.offerSamples(args.model, samples, Math.random, { imported: true })) outcomes[o]++;
-        onProgress(start + n, total);
-      }
-      return { model: args.model, offered: total, outcomes, stats: store.captureStats(args.model) };
-    } finally {
-      for (const f of files.values()) f.close();
-    }
-  });
+  return withStore(args, ({ store }) => importNpy(store, args.model, parseInputFiles(args.file, '--file'), { labels: args.labels, source: args.source, onProgress }));
 }
 
 function parsePolicy(a: Record<string, unknown>): Partial<CapturePolicy> {

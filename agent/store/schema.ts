@@ -114,4 +114,23 @@ export const MIGRATIONS: readonly string[] = [
     created_at INTEGER NOT NULL
   );
   `,
+  // 2: the daemon's persisted job queue, and MQTT 5 properties of outbox messages.
+  `
+  -- Jobs the fleet sent that wait for or hold the daemon's single worker; a finished job's row
+  -- goes (its answer stays in processed_commands). pos is the queue order.
+  CREATE TABLE jobs (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    cmd_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    args TEXT NOT NULL,                 -- JSON
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running')),
+    reply_to TEXT,                      -- JSON {topic, correlationData?}: the command's MQTT 5 response topic
+    expires_at INTEGER,                 -- a job not started by then fails (the command's message expiry)
+    run_id TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER
+  );
+
+  ALTER TABLE outbox ADD COLUMN properties TEXT; -- JSON MQTT 5 publish properties (correlationData in base64)
+  `,
 ];

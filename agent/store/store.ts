@@ -27,7 +27,7 @@ import { isSqliteError, openDatabase, type Database, type Statement } from './sq
 import {
   DEFAULT_POLICY,
   type CapturePolicy, type CaptureStats, type ModelSummary, type ModelVersion, type NewModelVersion, type OfferedSample, type OfferOutcome,
-  type OutboxMessage, type OutboxRow, type RunError, type RunRow, type RunState, type SampleTensor, type Split, type StoredSample, type TensorSpec,
+  type JobRow, type NewJob, type OutboxMessage, type OutboxProperties, type OutboxRow, type ReplyTo, type RunError, type RunRow, type RunState, type SampleTensor, type Split, type StoredSample, type TensorSpec,
 } from './types.js';
 
 /** How long a writer waits for another connection's write lock before E_STORE_BUSY. */
@@ -51,6 +51,10 @@ interface StatsRow { seen: number; duplicates: number; sampled_out: number; evic
 interface RunDbRow {
   id: string; kind: string; params: string; state: RunState; progress: number | null; result: string | null; error_code: string | null; error_message: string | null;
   created_at: number; started_at: number | null; finished_at: number | null; owner_pid: number | null; owner_token: string | null;
+}
+interface JobDbRow {
+  pos: number; cmd_id: string; type: string; args: string; state: 'queued' | 'running'; reply_to: string | null; expires_at: number | null;
+  run_id: string | null; created_at: number; started_at: number | null;
 }
 interface SampleJoinRow {
   id: number; sha256: string; split: Split; source: string; label: number | null; at: number; name: string; dtype: string; shape: string; data: Uint8Array;
@@ -151,6 +155,27 @@ function toRun(r: RunDbRow): RunRow {
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? '' },
     createdAt: r.created_at, startedAt: r.started_at, finishedAt: r.finished_at, ownerPid: r.owner_pid,
   };
+}
+
+function toJob(r: JobDbRow): JobRow {
+  return {
+    pos: r.pos, cmdId: r.cmd_id, type: r.type, args: JSON.parse(r.args) as unknown, state: r.state,
+    replyTo: r.reply_to === null ? null : (JSON.parse(r.reply_to) as ReplyTo), expiresAt: r.expires_at, runId: r.run_id,
+    createdAt: r.created_at, startedAt: r.started_at,
+  };
+}
+
+function checkOutboxMessage(msg: OutboxMessage): { qos: 0 | 1; properties: string | null } {
+  if (typeof msg !== 'object' || msg === null || typeof msg.topic !== 'string' || msg.topic === '') throw argError('an outbox message needs a topic');
+  if (typeof msg.payload !== 'string') throw argError('an outbox payload must be a string');
+  if (msg.kind !== 'telemetry' && msg.kind !== 'reply' && msg.kind !== 'report') throw argError(`outbox kind must be telemetry, reply or report, got ${JSON.stringify(msg.kind)}`);
+  const qos = msg.qos ?? 1;
+  if (qos !== 0 && qos !== 1) throw argError(`outbox qos must be 0 or 1, got ${JSON.stringify(qos)}`);
+  const p = msg.properties;
+  if (p !== undefined && (typeof p !== 'object' || p === null || (p.correlationData !== undefined && typeof p.correlationData !== 'string'))) {
+    throw argError('outbox properties must be an object; correlationData a base64 string');
+  }
+  return { qos, properties: p && Object.keys(p).length ? toJson(p, 'outbox properties') : null };
 }
 
 function asBytes(b: Uint8Array): Uint8Array {
@@ -711,25 +736,29 @@ export class Store {
     }, true);
   }
 
-  /** Forgets commands recorded before `before` (ms since 1970); returns how many. */
+  /** Forgets commands recorded before `before` (ms since 1970), except those with a job still queued or running; returns how many. */
   pruneCommands(before: number): number {
-    return this.write(() => this.q('DELETE FROM processed_commands WHERE at < ?').run(before).changes);
+    return this.write(() => this.q('DELETE FROM processed_commands WHERE at < ? AND id NOT IN (SELECT cmd_id FROM jobs)').run(before).changes);
   }
 
   /** Queues a message to send; returns its id (ids only grow, never reused). */
   enqueueOutbox(msg: OutboxMessage): number {
-    if (typeof msg !== 'object' || msg === null || typeof msg.topic !== 'string' || msg.topic === '') throw argError('an outbox message needs a topic');
-    if (typeof msg.payload !== 'string') throw argError('an outbox payload must be a string');
-    if (msg.kind !== 'telemetry' && msg.kind !== 'reply' && msg.kind !== 'report') throw argError(`outbox kind must be telemetry, reply or report, got ${JSON.stringify(msg.kind)}`);
-    const qos = msg.qos ?? 1;
-    if (qos !== 0 && qos !== 1) throw argError(`outbox qos must be 0 or 1, got ${JSON.stringify(qos)}`);
-    return this.write(() => Number(this.q('INSERT INTO outbox (topic, payload, kind, qos, created_at) VALUES (?, ?, ?, ?, ?)').run(msg.topic, msg.payload, msg.kind, qos, Date.now()).lastInsertRowid), true);
+    checkOutboxMessage(msg);
+    return this.write(() => this.insertOutbox(msg), true);
+  }
+
+  /** In a transaction. */
+  private insertOutbox(msg: OutboxMessage): number {
+    const { qos, properties } = checkOutboxMessage(msg);
+    return Number(this.q('INSERT INTO outbox (topic, payload, kind, qos, created_at, properties) VALUES (?, ?, ?, ?, ?, ?)').run(msg.topic, msg.payload, msg.kind, qos, Date.now(), properties).lastInsertRowid);
   }
 
   /** The oldest `limit` messages, oldest first, without removing them. */
   peekOutbox(limit: number): OutboxRow[] {
     if (!Number.isSafeInteger(limit) || limit < 0) throw argError(`limit must be a whole number, got ${JSON.stringify(limit)}`);
-    return this.q<OutboxRow>('SELECT id, topic, payload, kind, qos, attempts FROM outbox ORDER BY id LIMIT ?').all(limit);
+    return this.q<Omit<OutboxRow, 'properties'> & { properties: string | null }>('SELECT id, topic, payload, kind, qos, attempts, properties FROM outbox ORDER BY id LIMIT ?')
+      .all(limit)
+      .map(({ properties, ...r }) => (properties === null ? r : { ...r, properties: JSON.parse(properties) as OutboxProperties }));
   }
 
   /** Counts one more send attempt of message `id`. */
@@ -745,5 +774,76 @@ export class Store {
   outboxSize(): number {
     return this.q<{ n: number }>('SELECT count(*) AS n FROM outbox').get()!.n;
   }
-}
 
+  // ---- the daemon's job queue -----------------------------------------------------------------
+
+  /**
+   * Accepts a job in one durable transaction: the job joins the end of the queue, `reply` is
+   * recorded as command `job.cmdId`'s answer so far, and `messages` are queued to send.
+   */
+  acceptJob(job: NewJob, reply: unknown, messages: OutboxMessage[] = []): JobRow {
+    if (typeof job !== 'object' || job === null || typeof job.cmdId !== 'string' || job.cmdId === '') throw argError('a job needs the id of its command');
+    if (typeof job.type !== 'string' || job.type === '') throw argError('a job needs a type');
+    if (job.expiresAt !== undefined && !Number.isSafeInteger(job.expiresAt)) throw argError('a job\'s expiry must be a time in whole milliseconds');
+    const args = toJson(job.args ?? {}, 'job arguments');
+    const replyTo = job.replyTo ? toJson(job.replyTo, 'the job\'s response topic') : null;
+    const answer = toJson(reply, 'the command reply');
+    messages.forEach(checkOutboxMessage);
+    return this.write(() => {
+      if (this.q('SELECT 1 FROM jobs WHERE cmd_id = ?').get(job.cmdId) !== undefined) throw new EdgeqError('E_RUN_STATE', `command ${job.cmdId} is already queued`);
+      const now = Date.now();
+      this.q('INSERT INTO jobs (cmd_id, type, args, state, reply_to, expires_at, created_at) VALUES (?, ?, ?, \'queued\', ?, ?, ?)')
+        .run(job.cmdId, job.type, args, replyTo, job.expiresAt ?? null, now);
+      this.q('INSERT INTO processed_commands (id, reply, at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET reply = excluded.reply, at = excluded.at').run(job.cmdId, answer, now);
+      for (const m of messages) this.insertOutbox(m);
+      return this.getJob(job.cmdId)!;
+    }, true);
+  }
+
+  /**
+   * Answers command `cmdId` in one durable transaction: records `reply` (what a repeat of the
+   * command gets), queues `messages`, and removes the command's job if it has one.
+   */
+  answerCommand(cmdId: string, reply: unknown, messages: OutboxMessage[] = []): void {
+    if (typeof cmdId !== 'string' || cmdId === '') throw argError('a command id must be a non-empty string');
+    const answer = toJson(reply, 'the command reply');
+    messages.forEach(checkOutboxMessage);
+    this.write(() => {
+      this.q('INSERT INTO processed_commands (id, reply, at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET reply = excluded.reply, at = excluded.at').run(cmdId, answer, Date.now());
+      for (const m of messages) this.insertOutbox(m);
+      this.q('DELETE FROM jobs WHERE cmd_id = ?').run(cmdId);
+    }, true);
+  }
+
+  getJob(cmdId: string): JobRow | undefined {
+    const r = this.q<JobDbRow>('SELECT * FROM jobs WHERE cmd_id = ?').get(cmdId);
+    return r && toJob(r);
+  }
+
+  /** Every job, in queue order (a running one first). */
+  listJobs(): JobRow[] {
+    return this.q<JobDbRow>('SELECT * FROM jobs ORDER BY state = \'running\' DESC, pos').all().map(toJob);
+  }
+
+  countJobs(state?: 'queued' | 'running'): number {
+    return this.q<{ n: number }>('SELECT count(*) AS n FROM jobs WHERE (@state IS NULL OR state = @state)').get({ state: state ?? null })!.n;
+  }
+
+  /** queued → running. */
+  startJob(cmdId: string): void {
+    this.write(() => {
+      const changed = this.q('UPDATE jobs SET state = \'running\', started_at = ? WHERE cmd_id = ? AND state = \'queued\'').run(Date.now(), cmdId).changes;
+      if (changed === 0) throw new EdgeqError('E_RUN_STATE', `command ${cmdId} has no queued job to start`);
+    }, true);
+  }
+
+  /** Records the run a running job works in. */
+  setJobRun(cmdId: string, runId: string): void {
+    this.write(() => this.q('UPDATE jobs SET run_id = ? WHERE cmd_id = ?').run(runId, cmdId), true);
+  }
+
+  /** running → queued, keeping its place (a job stopped by a shutdown runs again at the next start). */
+  requeueJob(cmdId: string): void {
+    this.write(() => this.q('UPDATE jobs SET state = \'queued\', started_at = NULL, run_id = NULL WHERE cmd_id = ?').run(cmdId), true);
+  }
+}

@@ -155,11 +155,18 @@ export interface RunRow {
 
 export type OutboxKind = 'telemetry' | 'reply' | 'report';
 
+/** MQTT 5 properties an outbox message is published with. */
+export interface OutboxProperties {
+  /** Base64 of the correlation data bytes. */
+  correlationData?: string;
+}
+
 export interface OutboxMessage {
   topic: string;
   payload: string;
   kind: OutboxKind;
   qos?: 0 | 1;
+  properties?: OutboxProperties;
 }
 
 export interface OutboxRow {
@@ -169,4 +176,38 @@ export interface OutboxRow {
   kind: string;
   qos: number;
   attempts: number;
+  /** Only when the message has MQTT 5 properties. */
+  properties?: OutboxProperties;
+}
+
+/** Where a command's replies go besides the device's reply topic (its MQTT 5 response topic). */
+export interface ReplyTo {
+  topic: string;
+  /** Base64 of the correlation data bytes. */
+  correlationData?: string;
+}
+
+export type JobState = 'queued' | 'running';
+
+/** A command the daemon runs on its worker (one at a time, in queue order). */
+export interface NewJob {
+  cmdId: string;
+  type: string;
+  args: unknown;
+  replyTo?: ReplyTo;
+  /** ms since 1970: not started by then, it fails with E_EXPIRED. */
+  expiresAt?: number;
+}
+
+export interface JobRow {
+  pos: number;
+  cmdId: string;
+  type: string;
+  args: unknown;
+  state: JobState;
+  replyTo: ReplyTo | null;
+  expiresAt: number | null;
+  runId: string | null;
+  createdAt: number;
+  startedAt: number | null;
 }

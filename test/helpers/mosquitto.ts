@@ -1,0 +1,204 @@
+/**
+ * Real MQTT brokers for tests: the shared mosquitto on 127.0.0.1:1883 where one runs (CI has
+ * one), and private mosquitto processes on free ports for tests that stop and restart a broker
+ * (persistence on, in a temporary directory, so sessions and queued messages survive a restart).
+ *
+ * Where a service is missing, `serviceTest` registers the test as skipped with the reason in its
+ * title; with EDGEQ_REQUIRE_SERVICES=1 (CI) it registers a failing test instead.
+ */
+import test, { type ExecutionContext, type ImplementationFn } from 'ava';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const MOSQUITTO_BIN = process.env.EDGEQ_MOSQUITTO ?? '/usr/sbin/mosquitto';
+/** EDGEQ_SHARED_BROKER_PORT points the tests at another shared broker (or, with a closed port, at private ones). */
+export const SHARED_BROKER_PORT = Number(process.env.EDGEQ_SHARED_BROKER_PORT ?? 1883);
+export const SHARED_BROKER_URL = `mqtt://127.0.0.1:${SHARED_BROKER_PORT}`;
+export const REQUIRE_SERVICES = process.env.EDGEQ_REQUIRE_SERVICES === '1';
+
+/** True when something accepts TCP connections on 127.0.0.1:port within `timeoutMs`. */
+export function portOpen(port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port });
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(timeoutMs, () => done(false));
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+/** Why the shared broker cannot be used, or undefined when it can. */
+export async function sharedBrokerMissing(): Promise<string | undefined> {
+  return (await portOpen(SHARED_BROKER_PORT)) ? undefined : `no MQTT broker listens on 127.0.0.1:${SHARED_BROKER_PORT}`;
+}
+
+/** Why private brokers cannot be started, or undefined when they can. */
+export function mosquittoMissing(): string | undefined {
+  try {
+    accessSync(MOSQUITTO_BIN, constants.X_OK);
+    return undefined;
+  } catch {
+    return `no mosquitto binary at ${MOSQUITTO_BIN} (set EDGEQ_MOSQUITTO to its path)`;
+  }
+}
+
+/**
+ * Registers a test that needs a service: skipped (reason in the title) when `missing` names a
+ * reason, failing instead when EDGEQ_REQUIRE_SERVICES=1. Serial: these tests spawn processes.
+ */
+export function serviceTest(title: string, missing: string | undefined, fn: ImplementationFn<[]>): void {
+  if (missing === undefined) {
+    test.serial(title, fn);
+    return;
+  }
+  if (REQUIRE_SERVICES) {
+    test.serial(title, (t) => {
+      t.fail(`EDGEQ_REQUIRE_SERVICES=1 but ${missing}`);
+    });
+    return;
+  }
+  test.skip(`${title} — skipped: ${missing}`, () => {});
+}
+
+/** A TCP port nothing listens on right now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Broker {
+  port: number;
+  url: string;
+  dir: string;
+  /** (Re)starts mosquitto on the same port with the same persistence; resolves once it listens. */
+  start(): Promise<void>;
+  /** SIGTERM (mosquitto saves its persistence file) and waits for the exit. */
+  stop(): Promise<void>;
+  running(): boolean;
+}
+
+export interface MosquittoOptions {
+  /** A TLS listener (PEM paths); with requireCertificate, clients must present a certificate the CA signed. */
+  tls?: { ca: string; cert: string; key: string; requireCertificate?: boolean };
+}
+
+/** A private mosquitto on a free loopback port, persistence in a temp dir; stopped and removed when the test ends. */
+export async function startMosquitto(t: ExecutionContext, opts: MosquittoOptions = {}): Promise<Broker> {
+  const dir = mkdtempSync(join(tmpdir(), 'edgeq-mosquitto-'));
+  const port = await freePort();
+  const tls = opts.tls
+    ? [`cafile ${opts.tls.ca}`, `certfile ${opts.tls.cert}`, `keyfile ${opts.tls.key}`, `require_certificate ${opts.tls.requireCertificate ? 'true' : 'false'}`]
+    : [];
+  const conf = join(dir, 'mosquitto.conf');
+  writeFileSync(
+    conf,
+    [
+      `listener ${port} 127.0.0.1`,
+      ...tls,
+      'allow_anonymous true',
+      'persistence true',
+      `persistence_location ${dir}/`,
+      'persistence_file mosquitto.db',
+      'autosave_interval 1',
+      `log_dest file ${join(dir, 'mosquitto.log')}`,
+      'log_type all',
+      // As root, mosquitto would switch to the "mosquitto" user, who cannot write the temp dir.
+      ...(process.getuid?.() === 0 ? ['user root'] : []),
+      '',
+    ].join('\n'),
+  );
+  let child: ChildProcess | undefined;
+  let exited: Promise<void> = Promise.resolve();
+  const broker: Broker = {
+    port,
+    url: `${opts.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`,
+    dir,
+    async start() {
+      if (child) throw new Error('mosquitto is already running');
+      const c = spawn(MOSQUITTO_BIN, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      child = c;
+      exited = new Promise((resolve) => c.once('exit', () => {
+        child = undefined;
+        resolve();
+      }));
+      for (let i = 0; i < 200; i++) {
+        if (await portOpen(port, 200)) return;
+        if (!child) throw new Error(`mosquitto exited at start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`mosquitto did not listen on ${port}: ${stderr}`);
+    },
+    async stop() {
+      if (!child) return;
+      child.kill('SIGTERM');
+      await exited;
+    },
+    running: () => child !== undefined,
+  };
+  t.teardown(async () => {
+    child?.kill('SIGKILL');
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await broker.start();
+  return broker;
+}
+
+/**
+ * A broker URL for tests that only need a broker running: the shared one on 1883 when it is up,
+ * else a private mosquitto for this test. `missing` says why neither is possible.
+ */
+export async function anyBroker(): Promise<{ missing: string | undefined; url: (t: ExecutionContext) => Promise<string> }> {
+  const shared = await sharedBrokerMissing();
+  if (shared === undefined) return { missing: undefined, url: async () => SHARED_BROKER_URL };
+  const bin = mosquittoMissing();
+  return { missing: bin === undefined ? undefined : `${shared}, and ${bin}`, url: async (t) => (await startMosquitto(t)).url };
+}
+
+/** Why TLS test certificates cannot be made, or undefined when they can. */
+export function opensslMissing(): string | undefined {
+  try {
+    accessSync('/usr/bin/openssl', constants.X_OK);
+    return undefined;
+  } catch {
+    return 'no /usr/bin/openssl to make test certificates';
+  }
+}
+
+export interface TestPki {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  clientCert: string;
+  clientKey: string;
+}
+
+/** A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in `dir`. */
+export function makePki(dir: string): TestPki {
+  const run = (...args: string[]) => {
+    const r = spawnSync('/usr/bin/openssl', args, { cwd: dir, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
+  };
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=edgeq test CA');
+  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
+  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'server.ext');
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'client.key', '-out', 'client.csr', '-subj', '/CN=edgeq-device');
+  run('x509', '-req', '-in', 'client.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'client.pem', '-days', '2');
+  return { ca: join(dir, 'ca.pem'), serverCert: join(dir, 'server.pem'), serverKey: join(dir, 'server.key'), clientCert: join(dir, 'client.pem'), clientKey: join(dir, 'client.key') };
+}
