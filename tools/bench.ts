@@ -672,7 +672,7 @@ function chart(results: ModelResult[], facts: Record<string, string>): string {
     const lat = r.latency.map((l) => ({
       label: `${l.threads} thread${l.threads > 1 ? 's' : ''}`,
       values: [l.fp32.p50Ms, l.int8.p50Ms],
-      texts: [ms(l.fp32.p50Ms), `${ms(l.int8.p50Ms)} (${times(l.speedup)} faster)`],
+      texts: [ms(l.fp32.p50Ms), `${ms(l.int8.p50Ms)} (${l.speedup >= 1 ? `${times(l.speedup)} faster` : `${times(1 / l.speedup)} slower`})`],
     }));
     const s = r.quantize.sizeBytes;
     return {
@@ -691,7 +691,7 @@ function chart(results: ModelResult[], facts: Record<string, string>): string {
       { name: 'int8 (edgeq)', color: '#e15759' },
     ],
     rows,
-    footnote: `npm run bench: p50 of ${runs} runs, median of ${rounds} alternating rounds, one session at a time. Each panel has its own scale.`,
+    footnote: `npm run bench: p50 of ${runs} runs, median of ${rounds} alternating rounds (speedup: median of the rounds' fp32/int8 ratios), one session at a time. Each panel has its own scale.`,
   });
 }
 
