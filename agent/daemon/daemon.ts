@@ -314,8 +314,12 @@ export class Daemon {
     };
   }
 
+  /**
+   * The offline status (will and clean stop): the birth's facts with online false, so a
+   * controller that starts after the device went away still knows what it was.
+   */
   private offlineStatus(reason: string): Status & { reason: string } {
-    return { online: false, deviceId: this.cfg.deviceId, seq: this.seq, at: new Date().toISOString(), protocol: PROTOCOL_VERSION, reason };
+    return { ...this.statusObject(), online: false, job: null, at: new Date().toISOString(), reason };
   }
 
   /** The retained birth (also republished when the job or queue changes). */
@@ -355,8 +359,11 @@ export class Daemon {
   /** The reply on the device's reply topic, and on the command's response topic if it gave one. */
   private replyMessages(reply: Reply | unknown, replyTo?: ReplyTo): OutboxMessage[] {
     const payload = JSON.stringify(reply);
+    const props = replyTo?.correlationData ? { properties: { correlationData: replyTo.correlationData } } : {};
+    // A controller that names the device's own reply topic as the response topic gets one copy.
+    if (replyTo?.topic === this.t('reply')) return [{ topic: replyTo.topic, payload, kind: 'reply', ...props }];
     const out: OutboxMessage[] = [{ topic: this.t('reply'), payload, kind: 'reply' }];
-    if (replyTo) out.push({ topic: replyTo.topic, payload, kind: 'reply', ...(replyTo.correlationData ? { properties: { correlationData: replyTo.correlationData } } : {}) });
+    if (replyTo) out.push({ topic: replyTo.topic, payload, kind: 'reply', ...props });
     return out;
   }
 
