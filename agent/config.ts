@@ -6,8 +6,8 @@
  * (agent/daemon/config.ts merges them with the environment and flags). Unknown keys are
  * refused, so a typo cannot pass silently.
  */
-import { readFileSync } from 'node:fs';
-import { EdgeqError, fsError } from '../quant/errors.js';
+import { EdgeqError } from '../quant/errors.js';
+import { readJsonFile } from './json-file.js';
 import { METHODS } from '../quant/observe/range-search.js';
 import { isProfileName, type Profile, type ProfileName } from '../quant/profiles.js';
 import { DEVICE_ID, PREFIX } from './protocol/messages.js';
@@ -259,17 +259,5 @@ function checkSection(value: unknown, name: string, rules: Record<string, [Check
 }
 
 export function loadConfig(path: string): AgentConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw fsError(e, path);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new EdgeqError('E_CONFIG_INVALID', `${path} is not valid JSON: ${(e as Error).message}`);
-  }
-  return parseConfig(value, path);
+  return parseConfig(readJsonFile(path, 'E_CONFIG_INVALID'), path);
 }

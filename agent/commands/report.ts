@@ -1,7 +1,7 @@
 /** `edgeq report FILE`: a run report (edgeq.report/v1) as a terminal table. */
-import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
-import { EdgeqError, fsError } from '../../quant/errors.js';
+import { EdgeqError } from '../../quant/errors.js';
+import { readJsonFile } from '../json-file.js';
 import { parseReport, reportJsonSchema, type Report } from '../protocol/report.js';
 import { formatBytes, printJson, reportError } from '../output.js';
 import { table } from './eval.js';
@@ -36,19 +36,7 @@ export function reportCommand(y: Argv): Argv {
 }
 
 export function readReport(path: string): Report {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw fsError(e, path);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new EdgeqError('E_REPORT_INVALID', `${path} is not JSON: ${(e as Error).message}`);
-  }
-  const parsed = parseReport(value);
+  const parsed = parseReport(readJsonFile(path, 'E_REPORT_INVALID'));
   if (!parsed.ok) throw new EdgeqError('E_REPORT_INVALID', `${path} is not a valid edgeq report: ${parsed.error}`);
   return parsed.value;
 }

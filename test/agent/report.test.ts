@@ -68,7 +68,7 @@ test('report: bad files are refused with one line that names the problem', (t) =
   const dir = tempDir(t);
   const good = { schema: REPORT_SCHEMA };
   const files: Array<[string, string, RegExp]> = [
-    ['notjson.json', '{ nope', /is not JSON/],
+    ['notjson.json', '{ nope', /is not valid JSON/],
     ['v2.json', JSON.stringify({ ...good, schema: 'edgeq.report/v2' }), /schema "edgeq\.report\/v2" is not one this agent reads/],
     ['partial.json', JSON.stringify(good), /is not a valid edgeq report: id: /],
   ];
