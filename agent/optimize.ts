@@ -14,6 +14,7 @@ import { isEdgeqError } from '../quant/errors.js';
 import { deviceFacts } from './device.js';
 import { storeData, type StoreData } from './from-store.js';
 import { registerModel } from './models.js';
+import { promotionDecision, type GateBudget } from './promotion.js';
 import type { Store } from './store/index.js';
 import { localCpuAsync } from './detect.js';
 import { REPORT_SCHEMA, type LatencyFigures, type Report } from './protocol/report.js';
@@ -132,13 +133,17 @@ export interface StoreOptimizeOptions extends Omit<OptimizeOptions, 'quantize' |
   quantize: Omit<QuantizeOptions, 'model' | 'calib' | 'out'>;
   /** Called with the run id as soon as the run row exists. */
   onRun?: (runId: string) => void;
+  /** Put the int8 model through the promotion gate and activate it if it passes. Default true. */
+  promote?: boolean;
+  budget?: GateBudget;
 }
 
 /**
  * The main job on a registered model: calibrate on the calibration split of its captured
  * samples, evaluate on the held-out split (with their labels when all have one), bench both,
- * record the run (parameters, progress, report or error) in the store, and register the int8
- * model as the next version — not activated: promotion is the gate's decision.
+ * register the int8 model as the next version, activate it if the promotion gate passes it
+ * (agent/promotion.ts; otherwise the fp32 version stays active), and record the run
+ * (parameters, progress, report with the gate's decision, or error) in the store.
  */
 export async function optimizeFromStore(store: Store, stateDir: string, name: string, opts: StoreOptimizeOptions): Promise<OptimizeOutcome & { runId: string; int8Version: number }> {
   const { onProgress: _p, ...params } = opts.quantize;
@@ -165,6 +170,11 @@ export async function optimizeFromStore(store: Store, stateDir: string, name: st
     const v = await registerModel(store, stateDir, name, out, 'int8', data.fp32.version);
     outcome.report.int8.name = `${name}@v${v.version}`;
     outcome.report.model.name = `${name}@v${data.fp32.version}`;
+    if (opts.promote !== false) {
+      const decision = promotionDecision(outcome.report, opts.budget);
+      if (decision.promoted) store.setActive(name, v.version);
+      outcome.report.promotion = { ...decision, activeVersion: store.activeVersion(name)!.version };
+    }
     store.finishRun(run.id, outcome.report);
     return { ...outcome, runId: run.id, int8Version: v.version };
   } catch (e) {

@@ -14,6 +14,8 @@ export interface OptimizeArgs extends QuantizeArgs {
   'eval-labels'?: string;
   report?: string;
   'bench-threads'?: string;
+  promote: boolean;
+  'min-speedup'?: string;
   runs?: string;
   warmup?: string;
 }
@@ -36,6 +38,8 @@ export function optimizeCommand(y: Argv): Argv {
         .check(needsModel('--calib', false))
         .option('data', { type: 'string', array: true, describe: 'evaluation samples: FILE.npy, or NAME=FILE.npy per input (default: the calibration samples)' })
         .option('labels', { type: 'string', describe: 'class labels of the evaluation samples (.npy, one per sample)' })
+        .option('promote', { type: 'boolean', default: true, describe: 'with --model-name: activate the int8 model if the promotion gate passes it (--no-promote: register it only)' })
+        .option('min-speedup', { type: 'string', describe: 'promotion gate: fp32 p50 / int8 p50 must exceed this (default 1: int8 strictly faster); the accuracy budget is --max-drop (default 1 point)' })
         .option('report', { type: 'string', describe: 'write the run report (JSON) here, atomically' })
         .option('bench-threads', { type: 'string', default: '1', describe: 'ONNX Runtime threads for the latency measurement' })
         .option('runs', { type: 'string', default: '100', describe: 'timed runs per model' })
@@ -65,9 +69,13 @@ export async function runOptimize(args: OptimizeArgs): Promise<void> {
     let note = '';
     if (name) {
       const { model: _m, calib: _c, out: _o, ...quantize } = options;
-      const o = await withStore(args, ({ store, stateDir }) => optimizeFromStore(store, stateDir, name, { ...common, quantize }));
+      const minSpeedup = args['min-speedup'] === undefined ? undefined : Number(args['min-speedup']);
+      if (minSpeedup !== undefined && !(minSpeedup >= 0)) throw new EdgeqError('E_ARGUMENT', `--min-speedup must be a number, 0 or more, got ${args['min-speedup']}`);
+      const budget = { ...(quantize.maxDrop !== undefined ? { maxDropPoints: quantize.maxDrop } : {}), ...(minSpeedup !== undefined ? { minSpeedup } : {}) };
+      const o = await withStore(args, ({ store, stateDir }) => optimizeFromStore(store, stateDir, name, { ...common, quantize, promote: args.promote, budget }));
       report = o.report;
-      note = `run ${o.runId} recorded; int8 registered as ${name} v${o.int8Version} (not active)\n`;
+      const p = report.promotion;
+      note = `run ${o.runId} recorded; int8 registered as ${name} v${o.int8Version}${p ? (p.promoted ? ', promoted: now active' : ', not promoted: fp32 stays active') : ' (not active)'}\n`;
     } else {
       if (!args.out) throw new EdgeqError('E_ARGUMENT', '--out is required with --model (where to write the int8 model)');
       report = (await optimize({ ...common, quantize: options, data: args.data ? parseInputFiles(args.data, '--data') : undefined, labels: args.labels })).report;

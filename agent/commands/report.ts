@@ -73,6 +73,10 @@ export function renderReport(r: Report): string {
     `why      ${q.reason}`,
   ];
   if (q.keptFloat.length) head.push(`float    kept in float for the accuracy budget: ${q.keptFloat.join(', ')}`);
+  if (r.promotion) {
+    const p = r.promotion;
+    head.push(`gate     ${p.promoted ? 'int8 promoted' : 'int8 not promoted'} (active version v${p.activeVersion}): ${p.checks.map((c) => `${c.ok ? 'ok' : 'FAILED'} ${c.check}: ${c.detail}`).join('; ')}`);
+  }
   const rows = [
     ['', 'fp32', 'int8', 'int8 vs fp32'],
     ['size', formatBytes(r.model.sizeBytes), formatBytes(r.int8.sizeBytes), pct(r.sizeRatio)],

@@ -152,6 +152,8 @@ async function optimizeJob(cmd: Command<'optimize'>, ctx: JobContext): Promise<J
     warmup: Math.min(10, runs ?? 100),
     deviceId: ctx.deviceId,
     onRun: ctx.onRun,
+    // The accuracy budget of the config (or the command) is also the promotion gate's.
+    ...(options.maxDrop !== undefined ? { budget: { maxDropPoints: options.maxDrop } } : {}),
     onStage: (stage, done, total) => {
       checkAbort(ctx.signal);
       ctx.progress(stage, (stages[stage] + (total ? done / total : 0)) / 3);

@@ -49,6 +49,14 @@ export const LatencySchema = z.looseObject({
   peakRssBytes: z.number().int().nonnegative(),
 });
 
+export const PromotionSchema = z.looseObject({
+  promoted: z.boolean(),
+  checks: z.array(z.looseObject({ check: z.enum(['accuracy', 'latency']), ok: z.boolean(), detail: z.string() })),
+  budget: z.looseObject({ maxDropPoints: z.number(), minSpeedup: z.number() }),
+  /** The model's active version after the decision. */
+  activeVersion: z.number().int().positive(),
+});
+
 export const ReportSchema = z.looseObject({
   schema: z.literal(REPORT_SCHEMA),
   id: z.string().min(1),
@@ -95,11 +103,14 @@ export const ReportSchema = z.looseObject({
     speedup: z.number().positive(),
   }),
   sizeRatio: z.number().positive(),
+  /** The promotion gate's decision, when the run could activate the int8 model. */
+  promotion: PromotionSchema.optional(),
   timingsMs: z.looseObject({ quantize: ms, eval: ms, bench: ms, total: ms }),
 });
 
 export type Report = z.infer<typeof ReportSchema>;
 export type ModelFile = z.infer<typeof ModelFileSchema>;
+export type Promotion = z.infer<typeof PromotionSchema>;
 export type LatencyFigures = z.infer<typeof LatencySchema>;
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };

@@ -75,7 +75,7 @@ test('models add, capture import/stats/export, and refusals that store nothing',
   t.is(p.maxBytes, 1024 * 1024);
 });
 
-test('optimize --model-name records the run, registers int8 (inactive); eval --from-store uses the held-out split', (t) => {
+test('optimize --model-name records the run, registers int8 and applies the gate; eval --from-store uses the held-out split', (t) => {
   const dir = tempDir(t);
   json(edgeq(dir, 'models', 'add', '--name', 'fmnist', '--file', FMNIST.model, '--json'));
   json(edgeq(dir, 'capture', 'import', '--model', 'fmnist', '--file', FMNIST.test, '--labels', FMNIST.labels, '--json'));
@@ -93,7 +93,10 @@ test('optimize --model-name records the run, registers int8 (inactive); eval --f
     t.deepEqual(run.result, report);
     const versions = store.listVersions('fmnist');
     t.deepEqual(versions.map((v) => [v.version, v.kind, v.parentVersion]), [[1, 'fp32', null], [2, 'int8', 1]]);
-    t.is(store.activeVersion('fmnist')!.version, 1);
+    // The gate's decision is in the report, and the store agrees with it.
+    const promotion = report.promotion as { promoted: boolean; activeVersion: number };
+    t.is(store.activeVersion('fmnist')!.version, promotion.activeVersion);
+    t.is(promotion.activeVersion, promotion.promoted ? 2 : 1);
     t.true(existsSync(versions[1].path));
     const ev = json<{ samples: number; model: { top1: number } }>(edgeq(dir, 'eval', '--from-store', '--model-name', 'fmnist', '--json'));
     t.is(ev.samples, holdout);
