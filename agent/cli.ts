@@ -11,6 +11,7 @@ import { modelsCommand } from './commands/models.js';
 import { captureCommand } from './commands/capture.js';
 import { serveCommand } from './commands/serve.js';
 import { runCommand } from './commands/run.js';
+import { deployCommand } from './commands/deploy.js';
 import { EXIT_USAGE, printJson } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -43,6 +44,7 @@ export async function main(argv: string[]): Promise<void> {
   cli = captureCommand(cli);
   cli = serveCommand(cli);
   cli = runCommand(cli);
+  cli = deployCommand(cli);
   // bin/edgeq.js hands `edgeq fleet …` to fleet/cli.ts before this parser runs; listed here so
   // `edgeq --help` shows it.
   cli = cli.command('fleet', 'The fleet controller: devices, send, watch, reports over MQTT (edgeq fleet --help)', () => {}, () => {});

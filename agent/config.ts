@@ -79,6 +79,24 @@ export interface ImportConfig {
   maxBytes?: number;
 }
 
+/** Deploying model artifacts (`edgeq deploy`, agent/deploy.ts). */
+export interface DeployConfig {
+  /** Directories local artifact files may be read from (absolute paths). Empty: none. */
+  allow?: string[];
+  /** Largest artifact accepted, bytes (default 2 GiB). */
+  maxBytes?: number;
+  /** A download with no data for this long fails (and resumes next time), ms (default 30000). */
+  timeoutMs?: number;
+  /** Free disk space to keep beyond the model and its int8 conversion, bytes (default 64 MiB). */
+  minFreeBytes?: number;
+  /** Versions kept per model (the active one always stays), default 3. */
+  keepVersions?: number;
+  /** Refuse manifests without a valid signature (default false). */
+  requireSignature?: boolean;
+  /** Ed25519 public keys (PEM files) that may sign manifests. */
+  publicKeys?: string[];
+}
+
 export interface AgentConfig {
   quantize: QuantizeConfig;
   stateDir?: string;
@@ -97,6 +115,7 @@ export interface AgentConfig {
   commands?: { maxBytes?: number };
   /** How long a graceful stop may take, ms (default 20000). */
   shutdownTimeoutMs?: number;
+  deploy?: DeployConfig;
 }
 
 type Check = (v: unknown) => boolean;
@@ -169,7 +188,7 @@ export function parseConfig(value: unknown, source: string): AgentConfig {
   const bad = (why: string) => new EdgeqError('E_CONFIG_INVALID', `${source}: ${why}`);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('the configuration must be a JSON object');
   const top = value as Record<string, unknown>;
-  const known = ['quantize', 'stateDir', 'serve', 'deviceId', 'prefix', 'threads', 'broker', 'capture', 'import', 'queue', 'commands', 'shutdownTimeoutMs'];
+  const known = ['quantize', 'stateDir', 'serve', 'deviceId', 'prefix', 'threads', 'broker', 'capture', 'import', 'queue', 'commands', 'shutdownTimeoutMs', 'deploy'];
   for (const k of Object.keys(top)) if (!known.includes(k)) throw bad(`unknown key "${k}" (known: ${known.join(', ')})`);
   if (top.stateDir !== undefined && (typeof top.stateDir !== 'string' || top.stateDir === '')) throw bad('"stateDir" must be a directory path');
   const serve = checkSection(top.serve, 'serve', SERVE_KEYS, bad) as ServeConfig;
@@ -240,8 +259,20 @@ export function parseConfig(value: unknown, source: string): AgentConfig {
   }
   if (top.queue !== undefined) out.queue = checkSection(top.queue, 'queue', { max: [posInt(10_000), 'a whole number from 1 to 10000'] }, bad) as AgentConfig['queue'];
   if (top.commands !== undefined) out.commands = checkSection(top.commands, 'commands', { maxBytes: [posInt(16 * 1024 * 1024), 'a whole number of bytes from 1 to 16 MiB'] }, bad) as AgentConfig['commands'];
+  if (top.deploy !== undefined) out.deploy = checkSection(top.deploy, 'deploy', DEPLOY_KEYS, bad) as DeployConfig;
   return out;
 }
+
+const absPaths: Check = (v) => Array.isArray(v) && v.every((p) => typeof p === 'string' && p.startsWith('/'));
+const DEPLOY_KEYS: Record<keyof DeployConfig, [Check, string]> = {
+  allow: [absPaths, 'a list of absolute directory paths'],
+  maxBytes: [posInt(), 'a positive whole number of bytes'],
+  timeoutMs: [posInt(), 'a positive whole number of milliseconds'],
+  minFreeBytes: [(v) => Number.isSafeInteger(v) && (v as number) >= 0, 'a whole number of bytes, 0 or more'],
+  keepVersions: [posInt(1000), 'a whole number from 1 to 1000'],
+  requireSignature: [bool, 'true or false'],
+  publicKeys: [(v) => Array.isArray(v) && v.every((p) => typeof p === 'string' && p !== ''), 'a list of PEM file paths'],
+};
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -53,7 +53,19 @@ export type ErrorCode =
   | 'E_JOB_UNKNOWN'
   | 'E_IMPORT_NOT_ALLOWED'
   | 'E_DOWNLOAD'
-  | 'E_ALREADY_RUNNING';
+  | 'E_ALREADY_RUNNING'
+  // model artifacts: fetch, verify, activate (deploy/, agent/deploy.ts)
+  | 'E_MANIFEST_INVALID'
+  | 'E_SIGNATURE_INVALID'
+  | 'E_SIGNATURE_REQUIRED'
+  | 'E_SOURCE_NOT_ALLOWED'
+  | 'E_ARTIFACT_TOO_LARGE'
+  | 'E_SIZE_MISMATCH'
+  | 'E_CHECKSUM_MISMATCH'
+  | 'E_DISK_SPACE'
+  | 'E_RELEASE_CONFLICT'
+  | 'E_WARMUP_FAILED'
+  | 'E_NO_PREVIOUS';
 
 export class EdgeqError extends Error {
   readonly code: ErrorCode;

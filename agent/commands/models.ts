@@ -1,9 +1,18 @@
 /** `edgeq models add|ls`: the models this device knows, and their versions. */
 import type { Argv } from 'yargs';
+import { activateVersion, resolveVersionRef, rollbackModel } from '../deploy.js';
 import { registerModel } from '../models.js';
 import { formatBytes, printJson, reportError } from '../output.js';
 import { STORE_OPTIONS, withStore, type StoreArgs } from './common.js';
 import { table } from './eval.js';
+
+interface RefArgs extends StoreArgs {
+  ref: string;
+}
+
+interface NameArgs extends StoreArgs {
+  name: string;
+}
 
 interface AddArgs extends StoreArgs {
   name: string;
@@ -13,7 +22,7 @@ interface AddArgs extends StoreArgs {
 export function modelsCommand(y: Argv): Argv {
   return y.command('models', 'Register models on this device and list them', (b) =>
     b
-      .usage('edgeq models <add|ls> [options]')
+      .usage('edgeq models <add|ls|activate|rollback> [options]')
       .command(
         'add',
         'Register an fp32 ONNX model under a name (version 1, or the next version)',
@@ -44,9 +53,9 @@ export function modelsCommand(y: Argv): Argv {
             const models = await withStore(args, ({ store }) => store.listModels().map((m) => ({ ...m, versionList: store.listVersions(m.name) })));
             if (args.json) return printJson(models);
             if (models.length === 0) return void process.stdout.write('no models yet (edgeq models add --name NAME --file model.onnx)\n');
-            const rows = [['model', 'version', 'kind', 'size', 'active', 'samples']];
+            const rows = [['model', 'version', 'release', 'kind', 'size', 'active', 'samples']];
             for (const m of models) {
-              for (const v of m.versionList) rows.push([m.name, `v${v.version}`, v.kind, formatBytes(v.sizeBytes), m.active === v.version ? 'yes' : '', String(m.samples)]);
+              for (const v of m.versionList) rows.push([m.name, `v${v.version}`, v.release ?? '', v.kind, formatBytes(v.sizeBytes), m.active === v.version ? 'yes' : '', String(m.samples)]);
             }
             process.stdout.write(table(rows));
           } catch (e) {
@@ -54,6 +63,49 @@ export function modelsCommand(y: Argv): Argv {
           }
         },
       )
-      .demandCommand(1, 'name a subcommand: add or ls'),
+      .command(
+        'activate <ref>',
+        'Make NAME@VERSION the active version (after checking its file and a warm-up inference)',
+        (c) =>
+          c
+            .usage('edgeq models activate NAME@VERSION\n\nVERSION is a release string from a deploy manifest (e.g. fmnist@1.4.0) or vN for store version N (fmnist@v3).\nThe file must be intact and run one inference in ONNX Runtime; otherwise the active version stays.')
+            .options(STORE_OPTIONS)
+            .positional('ref', { type: 'string', demandOption: true, describe: 'NAME@VERSION' }),
+        async (argv) => {
+          const args = argv as unknown as RefArgs;
+          try {
+            const r = await withStore(args, async ({ store }) => {
+              const v = resolveVersionRef(store, args.ref);
+              return activateVersion(store, v.model, v.version);
+            });
+            const out = { ok: true, model: r.version.model, version: r.version.version, release: r.version.release ?? null, previous: r.previous?.version ?? null };
+            if (args.json) printJson(out);
+            else process.stdout.write(`activated ${out.model} v${out.version}${out.release ? ` (${out.release})` : ''}${out.previous !== null ? `, was v${out.previous}` : ''}\n`);
+          } catch (e) {
+            reportError(e, args.json);
+          }
+        },
+      )
+      .command(
+        'rollback <name>',
+        'Activate the version before the active one',
+        (c) =>
+          c
+            .usage('edgeq models rollback NAME\n\nActivates the newest version older than the active one whose file is intact (after a warm-up inference); E_NO_PREVIOUS if there is none.')
+            .options(STORE_OPTIONS)
+            .positional('name', { type: 'string', demandOption: true, describe: 'model name' }),
+        async (argv) => {
+          const args = argv as unknown as NameArgs;
+          try {
+            const r = await withStore(args, ({ store }) => rollbackModel(store, args.name));
+            const out = { ok: true, model: r.version.model, version: r.version.version, release: r.version.release ?? null, previous: r.previous?.version ?? null };
+            if (args.json) printJson(out);
+            else process.stdout.write(`rolled ${out.model} back to v${out.version}${out.release ? ` (${out.release})` : ''}${out.previous !== null ? ` from v${out.previous}` : ''}\n`);
+          } catch (e) {
+            reportError(e, args.json);
+          }
+        },
+      )
+      .demandCommand(1, 'name a subcommand: add, ls, activate or rollback'),
   );
 }

@@ -133,4 +133,10 @@ export const MIGRATIONS: readonly string[] = [
 
   ALTER TABLE outbox ADD COLUMN properties TEXT; -- JSON MQTT 5 publish properties (correlationData in base64)
   `,
+  // 3: deployed artifacts: the manifest's release string and where the file came from.
+  `
+  ALTER TABLE model_versions ADD COLUMN release TEXT;  -- the deploy manifest's "version" (NULL for local registrations)
+  ALTER TABLE model_versions ADD COLUMN source TEXT;   -- the manifest's url or path
+  CREATE UNIQUE INDEX model_versions_by_release ON model_versions (model, release) WHERE release IS NOT NULL;
+  `,
 ];

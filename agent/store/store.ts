@@ -45,6 +45,7 @@ const POLICY_KEYS: ReadonlyArray<keyof CapturePolicy> = ['enabled', 'rate', 'max
 
 interface VersionRow {
   model: string; version: number; kind: 'fp32' | 'int8'; path: string; sha256: string; size_bytes: number; inputs: string; parent_version: number | null; created_at: number;
+  release: string | null; source: string | null;
 }
 interface PolicyRow { enabled: number; rate: number; max_samples: number; max_bytes: number; retention_ms: number }
 interface StatsRow { seen: number; duplicates: number; sampled_out: number; evicted: number; refused: number; reservoir_full: number; disabled: number; pruned: number }
@@ -141,10 +142,27 @@ function checkPolicyPatch(p: unknown): Partial<CapturePolicy> {
   return out;
 }
 
+/** Validates a new version of `name`; returns its checked inputs. */
+function checkNewVersion(name: string, v: NewModelVersion): TensorSpec[] {
+  if (typeof name !== 'string' || !MODEL_NAME.test(name)) {
+    throw new EdgeqError('E_MODEL_NAME', `invalid model name ${JSON.stringify(name)}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+  if (typeof v !== 'object' || v === null) throw argError('a model version needs kind, path, sha256, sizeBytes and inputs');
+  if (v.kind !== 'fp32' && v.kind !== 'int8') throw argError(`model kind must be "fp32" or "int8", got ${JSON.stringify(v.kind)}`);
+  if (typeof v.path !== 'string' || v.path === '') throw argError('a model version needs the path of its file');
+  if (typeof v.sha256 !== 'string' || !SHA256.test(v.sha256)) throw argError(`sha256 must be 64 lowercase hex digits, got ${JSON.stringify(v.sha256)}`);
+  if (!Number.isSafeInteger(v.sizeBytes) || v.sizeBytes < 0) throw argError(`sizeBytes must be a whole number of bytes, got ${JSON.stringify(v.sizeBytes)}`);
+  if (v.parentVersion !== undefined && (!Number.isSafeInteger(v.parentVersion) || v.parentVersion < 1)) throw argError(`parentVersion must be a version number, got ${JSON.stringify(v.parentVersion)}`);
+  if (v.release !== undefined && (typeof v.release !== 'string' || v.release === '')) throw argError(`release must be a non-empty string, got ${JSON.stringify(v.release)}`);
+  if (v.source !== undefined && typeof v.source !== 'string') throw argError('source must be a string');
+  return checkInputs(v.inputs);
+}
+
 function toVersion(r: VersionRow): ModelVersion {
   return {
     model: r.model, version: r.version, kind: r.kind, path: r.path, sha256: r.sha256, sizeBytes: r.size_bytes,
     inputs: JSON.parse(r.inputs) as TensorSpec[], parentVersion: r.parent_version, createdAt: r.created_at,
+    ...(r.release !== null ? { release: r.release } : {}), ...(r.source !== null ? { source: r.source } : {}),
   };
 }
 
@@ -322,30 +340,83 @@ export class Store {
 
   /** Adds a version (max + 1) of `name`, creating the model on first use. The new version is not activated. */
   addModelVersion(name: string, v: NewModelVersion): ModelVersion {
-    if (typeof name !== 'string' || !MODEL_NAME.test(name)) {
-      throw new EdgeqError('E_MODEL_NAME', `invalid model name ${JSON.stringify(name)}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    const checked = checkNewVersion(name, v);
+    return this.write(() => this.insertVersion(name, v, checked), true);
+  }
+
+  /** In a transaction: inserts version max + 1 of `name` (creating the model on first use). */
+  private insertVersion(name: string, v: NewModelVersion, inputs: TensorSpec[]): ModelVersion {
+    const now = Date.now();
+    if (!this.hasModel(name)) {
+      this.q('INSERT INTO models (name, active_version, created_at) VALUES (?, NULL, ?)').run(name, now);
+      this.q('INSERT INTO capture_stats (model) VALUES (?)').run(name);
     }
-    if (typeof v !== 'object' || v === null) throw argError('a model version needs kind, path, sha256, sizeBytes and inputs');
-    if (v.kind !== 'fp32' && v.kind !== 'int8') throw argError(`model kind must be "fp32" or "int8", got ${JSON.stringify(v.kind)}`);
-    if (typeof v.path !== 'string' || v.path === '') throw argError('a model version needs the path of its file');
-    if (typeof v.sha256 !== 'string' || !SHA256.test(v.sha256)) throw argError(`sha256 must be 64 lowercase hex digits, got ${JSON.stringify(v.sha256)}`);
-    if (!Number.isSafeInteger(v.sizeBytes) || v.sizeBytes < 0) throw argError(`sizeBytes must be a whole number of bytes, got ${JSON.stringify(v.sizeBytes)}`);
-    if (v.parentVersion !== undefined && (!Number.isSafeInteger(v.parentVersion) || v.parentVersion < 1)) throw argError(`parentVersion must be a version number, got ${JSON.stringify(v.parentVersion)}`);
-    const inputs = checkInputs(v.inputs);
+    if (v.parentVersion !== undefined && !this.getVersion(name, v.parentVersion)) {
+      throw new EdgeqError('E_MODEL_UNKNOWN', `model "${name}" has no version ${v.parentVersion} to be the parent`);
+    }
+    if (v.release !== undefined && this.findRelease(name, v.release)) {
+      throw new EdgeqError('E_RELEASE_CONFLICT', `model "${name}" already has a version with release ${JSON.stringify(v.release)}`);
+    }
+    const max = this.q<{ m: number }>('SELECT coalesce(max(version), 0) AS m FROM model_versions WHERE model = ?').get(name)!.m;
+    this.q('INSERT INTO model_versions (model, version, kind, path, sha256, size_bytes, inputs, parent_version, created_at, release, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)')
+      .run(name, max + 1, v.kind, v.path, v.sha256, v.sizeBytes, JSON.stringify(inputs), v.parentVersion ?? null, now, v.release ?? null, v.source ?? null);
+    return this.getVersion(name, max + 1)!;
+  }
+
+  /**
+   * Adds a version of `name` and makes it the active one in ONE durable transaction: after a
+   * crash either both happened or neither did. Returns the new version and the one it replaced.
+   */
+  addAndActivate(name: string, v: NewModelVersion): { version: ModelVersion; previous: ModelVersion | undefined } {
+    const checked = checkNewVersion(name, v);
     return this.write(() => {
-      const now = Date.now();
-      if (!this.hasModel(name)) {
-        this.q('INSERT INTO models (name, active_version, created_at) VALUES (?, NULL, ?)').run(name, now);
-        this.q('INSERT INTO capture_stats (model) VALUES (?)').run(name);
-      }
-      if (v.parentVersion !== undefined && !this.getVersion(name, v.parentVersion)) {
-        throw new EdgeqError('E_MODEL_UNKNOWN', `model "${name}" has no version ${v.parentVersion} to be the parent`);
-      }
-      const max = this.q<{ m: number }>('SELECT coalesce(max(version), 0) AS m FROM model_versions WHERE model = ?').get(name)!.m;
-      this.q('INSERT INTO model_versions (model, version, kind, path, sha256, size_bytes, inputs, parent_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
-        .run(name, max + 1, v.kind, v.path, v.sha256, v.sizeBytes, JSON.stringify(inputs), v.parentVersion ?? null, now);
-      return this.getVersion(name, max + 1)!;
+      const previous = this.activeVersion(name);
+      const version = this.insertVersion(name, v, checked);
+      this.q('UPDATE models SET active_version = ? WHERE name = ?').run(version.version, name);
+      return { version, previous };
     }, true);
+  }
+
+  /** The version of `name` deployed with manifest version `release`, if any. */
+  findRelease(name: string, release: string): ModelVersion | undefined {
+    const r = this.q<VersionRow>('SELECT * FROM model_versions WHERE model = ? AND release = ?').get(name, release);
+    return r && toVersion(r);
+  }
+
+  /**
+   * Deletes the versions of `name` older than its newest `keep`, except the active one and any
+   * version a kept version names as its parent; returns the deleted rows (their files are the
+   * caller's to remove — see pathReferenced()). One durable transaction.
+   */
+  pruneVersions(name: string, keep: number): ModelVersion[] {
+    if (!Number.isSafeInteger(keep) || keep < 1) throw argError(`keep must be a whole number, 1 or more, got ${JSON.stringify(keep)}`);
+    return this.write(() => {
+      const all = this.listVersions(name).reverse(); // newest first
+      const active = this.q<{ a: number | null }>('SELECT active_version AS a FROM models WHERE name = ?').get(name)?.a ?? null;
+      const kept = new Set(all.slice(0, keep).map((v) => v.version));
+      if (active !== null) kept.add(active);
+      // A kept version's parent stays (and so, transitively, its parent's parent).
+      let grew = true;
+      while (grew) {
+        grew = false;
+        for (const v of all) {
+          if (kept.has(v.version) && v.parentVersion !== null && !kept.has(v.parentVersion)) {
+            kept.add(v.parentVersion);
+            grew = true;
+          }
+        }
+      }
+      const victims = all.filter((v) => !kept.has(v.version));
+      // No kept version names a victim as parent, but one victim may name another: clear those links first.
+      for (const v of victims) this.q('UPDATE model_versions SET parent_version = NULL WHERE model = ? AND parent_version = ?').run(name, v.version);
+      for (const v of victims) this.q('DELETE FROM model_versions WHERE model = ? AND version = ?').run(name, v.version);
+      return victims;
+    }, true);
+  }
+
+  /** Whether any model version's file is `path`. */
+  pathReferenced(path: string): boolean {
+    return this.q('SELECT 1 FROM model_versions WHERE path = ? LIMIT 1').get(path) !== undefined;
   }
 
   listModels(): ModelSummary[] {

@@ -38,6 +38,10 @@ export interface ModelVersion {
   inputs: TensorSpec[];
   parentVersion: number | null;
   createdAt: number;
+  /** The deploy manifest's version string (only on deployed versions). */
+  release?: string;
+  /** The deploy manifest's url or path (only on deployed versions). */
+  source?: string;
 }
 
 export interface NewModelVersion {
@@ -47,6 +51,10 @@ export interface NewModelVersion {
   sizeBytes: number;
   inputs: TensorSpec[];
   parentVersion?: number;
+  /** The deploy manifest's version string; unique per model. */
+  release?: string;
+  /** Where the file came from (a deploy manifest's url or path). */
+  source?: string;
 }
 
 export interface ModelSummary {

@@ -1,0 +1,62 @@
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CLI, tempDir } from '../helpers/fixtures.js';
+import { manifestFor, modelVariant, startServer } from '../deploy/helpers.js';
+
+interface Ran {
+  status: number;
+  json: Record<string, unknown>;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI asynchronously (the test's http server must keep answering meanwhile). */
+function run(args: string[]): Promise<Ran> {
+  return new Promise((ok) => {
+    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8' }, (err, stdout, stderr) => {
+      let json: Record<string, unknown> = {};
+      try {
+        json = JSON.parse(stdout) as Record<string, unknown>;
+      } catch {
+        // text output
+      }
+      ok({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, json, stdout, stderr });
+    });
+  });
+}
+
+test('edgeq deploy, models ls, activate and rollback', async (t) => {
+  const dir = tempDir(t, 'edgeq-deploy-cli-');
+  const state = ['--state-dir', join(dir, 'state')];
+  const server = await startServer(t);
+  const files: string[] = [];
+  for (const tag of ['1.0.0', '1.1.0']) {
+    const body = modelVariant(tag);
+    server.route(`/${tag}.onnx`, { body, modes: ['ok'] });
+    const f = join(dir, `${tag}.json`);
+    writeFileSync(f, JSON.stringify(manifestFor('m', tag, server.url(`/${tag}.onnx`), body)));
+    files.push(f);
+  }
+  let r = await run(['deploy', '--manifest', files[0], ...state, '--json']);
+  t.is(r.status, 0, r.stderr + r.stdout);
+  t.like(r.json, { ok: true, model: 'm', version: 1, release: '1.0.0', outcome: 'downloaded' });
+  r = await run(['deploy', '--manifest', files[1], ...state]);
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /activated m v2 \(was v1\)/);
+  r = await run(['models', 'rollback', 'm', ...state, '--json']);
+  t.like(r.json, { ok: true, version: 1, previous: 2 });
+  r = await run(['models', 'rollback', 'm', ...state, '--json']);
+  t.is(r.status, 1);
+  t.like(r.json, { ok: false, error: { code: 'E_NO_PREVIOUS' } });
+  r = await run(['models', 'activate', 'm@1.1.0', ...state, '--json']);
+  t.like(r.json, { ok: true, version: 2, release: '1.1.0', previous: 1 });
+  r = await run(['models', 'ls', ...state]);
+  t.regex(r.stdout, /v2\s+1\.1\.0\s+fp32\s+\S+ \S+\s+yes/);
+  // A bad manifest is E_MANIFEST_INVALID.
+  writeFileSync(join(dir, 'bad.json'), JSON.stringify({ name: 'm', version: '3', url: 'ftp://x/y', sha256: 'x', size: 1 }));
+  r = await run(['deploy', '--manifest', join(dir, 'bad.json'), ...state, '--json']);
+  t.like(r.json, { ok: false, error: { code: 'E_MANIFEST_INVALID' } });
+  t.is((await run(['deploy', '--help'])).status, 0);
+});
