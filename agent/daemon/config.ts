@@ -9,7 +9,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, w
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { EdgeqError } from '../../quant/errors.js';
-import { brokerUrlProblem, loadConfig, type AgentConfig, type CapturePolicyConfig, type QuantizeConfig, type ServeConfig } from '../config.js';
+import { brokerUrlProblem, loadConfig, type AgentConfig, type CapturePolicyConfig, type DeployConfig, type QuantizeConfig, type ServeConfig } from '../config.js';
 import { COMMAND_ARGS, DEFAULT_MAX_COMMAND_BYTES, DEFAULT_PREFIX, DEVICE_ID, PREFIX } from '../protocol/messages.js';
 import { resolveStateDir, socketFile } from '../state.js';
 import { describeIssues } from '../protocol/report.js';
@@ -67,6 +67,7 @@ export interface DaemonConfig {
   endpoint: false | (ServeConfig & { socket: string });
   capture: { enabled: boolean; policies: Record<string, CapturePolicyConfig> };
   import: { allow: string[]; maxBytes: number };
+  deploy: DeployConfig;
   queueMax: number;
   maxCommandBytes: number;
   shutdownTimeoutMs: number;
@@ -243,6 +244,7 @@ export function resolveDaemonConfig(flags: RunFlags, ro: ResolveOptions = {}): D
     endpoint,
     capture: { enabled: file.capture?.enabled ?? true, policies: file.capture?.policies ?? {} },
     import: { allow: file.import?.allow ?? [], maxBytes: file.import?.maxBytes ?? 256 * 1024 * 1024 },
+    deploy: file.deploy ?? {},
     queueMax: file.queue?.max ?? 16,
     maxCommandBytes: file.commands?.maxBytes ?? DEFAULT_MAX_COMMAND_BYTES,
     shutdownTimeoutMs: file.shutdownTimeoutMs ?? 20_000,

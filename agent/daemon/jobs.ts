@@ -11,7 +11,9 @@ import { EdgeqError, isEdgeqError } from '../../quant/errors.js';
 import { evaluate } from '../../quant/evaluate.js';
 import { isProfileName, profileWith, quantize, type CalibrationMethod, type QuantizeOptions } from '../../quant/index.js';
 import { importNpy } from '../capture/import.js';
-import type { QuantizeConfig } from '../config.js';
+import type { DeployConfig, QuantizeConfig } from '../config.js';
+import { activateVersion, deployManifest, resolveVersionRef, rollbackModel } from '../deploy.js';
+import { parseManifest } from '../../deploy/manifest.js';
 import { chooseProfile, type CpuFacts } from '../detect.js';
 import { fp32Version, storeData, type StoreData } from '../from-store.js';
 import { registerModel } from '../models.js';
@@ -29,6 +31,7 @@ export interface JobContext {
   quantize: QuantizeConfig;
   threads?: number;
   importCfg: { allow: string[]; maxBytes: number };
+  deployCfg: DeployConfig;
   signal: AbortSignal;
   /** Reports progress (0..1 over the whole job). */
   progress(stage: string, fraction: number): void;
@@ -42,8 +45,8 @@ export interface JobOutcome {
   report?: Report;
 }
 
-export type JobType = 'optimize' | 'quantize' | 'eval' | 'bench' | 'import';
-export const JOB_TYPES: ReadonlySet<string> = new Set<JobType>(['optimize', 'quantize', 'eval', 'bench', 'import']);
+export type JobType = 'optimize' | 'quantize' | 'eval' | 'bench' | 'import' | 'deploy' | 'activate' | 'rollback';
+export const JOB_TYPES: ReadonlySet<string> = new Set<JobType>(['optimize', 'quantize', 'eval', 'bench', 'import', 'deploy', 'activate', 'rollback']);
 
 /** Throws E_CANCELLED when the job's signal was aborted. */
 export function checkAbort(signal: AbortSignal): void {
@@ -134,6 +137,11 @@ export async function runJob(cmd: Command, ctx: JobContext): Promise<JobOutcome>
       return benchJob(cmd as Command<'bench'>, ctx);
     case 'import':
       return importJob(cmd as Command<'import'>, ctx);
+    case 'deploy':
+      return deployJob(cmd as Command<'deploy'>, ctx);
+    case 'activate':
+    case 'rollback':
+      return switchJob(cmd as Command<'activate'> | Command<'rollback'>, ctx);
     default:
       throw new EdgeqError('E_COMMAND_UNKNOWN', `${cmd.type} is not a job`);
   }
@@ -335,4 +343,31 @@ async function importJob(cmd: Command<'import'>, ctx: JobContext): Promise<JobOu
     }
   });
   return { result };
+}
+
+/** deploy: fetch, verify, warm up and activate the model a manifest names (agent/deploy.ts). */
+async function deployJob(cmd: Command<'deploy'>, ctx: JobContext): Promise<JobOutcome> {
+  const manifest = parseManifest(cmd.args.manifest, 'the deploy command\'s manifest');
+  const r = await deployManifest(ctx.store, ctx.stateDir, manifest, {
+    config: ctx.deployCfg,
+    onProgress: (bytes, size) => {
+      checkAbort(ctx.signal);
+      ctx.progress('download', size ? bytes / size : 0);
+    },
+  });
+  return { result: jsonSafe({ ...r }) as Record<string, unknown> };
+}
+
+/** activate / rollback: switch the active version after a warm-up check of the new one. */
+async function switchJob(cmd: Command<'activate'> | Command<'rollback'>, ctx: JobContext): Promise<JobOutcome> {
+  const name = cmd.args.model;
+  const r = cmd.type === 'activate'
+    ? await activateVersion(ctx.store, name, resolveVersionRef(ctx.store, versionRef(name, (cmd as Command<'activate'>).args.version)).version)
+    : await rollbackModel(ctx.store, name);
+  return { result: { model: name, active: r.version.version, kind: r.version.kind, ...(r.version.release !== undefined ? { release: r.version.release } : {}), previous: r.previous?.version ?? null } };
+}
+
+/** A number names the store's version; a string the manifest's release (or vN). */
+function versionRef(name: string, version: number | string): string {
+  return typeof version === 'number' ? `${name}@v${version}` : `${name}@${version}`;
 }
