@@ -39,6 +39,7 @@ import { AGENT_VERSION } from '../version.js';
 import { applyOverrides, describeConfig, saveOverrides, type DaemonConfig, type Overrides } from './config.js';
 import { checkSource } from './import-source.js';
 import { JOB_TYPES, runJob, type JobOutcome } from './jobs.js';
+import { loopTurn, SystemdNotifier } from './notify.js';
 import { nextSeq, readSeq, takeLock, type Lock } from './state-files.js';
 
 /** Progress replies of one job: at most this often (plus one at every stage change). */
@@ -47,6 +48,8 @@ const PROGRESS_INTERVAL_MS = 250;
 const COMMAND_MEMORY_MS = 30 * 86_400_000;
 /** The client accepts packets up to this size from the broker; a command above the configured limit but below this gets a `rejected` reply. */
 const MAX_PACKET_BYTES = 16 * 1024 * 1024;
+/** The systemd watchdog calls the job runner wedged when the running job reports no progress for this long (EDGEQ_JOB_STALL_MS overrides). */
+const JOB_STALL_MS = Number(process.env.EDGEQ_JOB_STALL_MS) > 0 ? Number(process.env.EDGEQ_JOB_STALL_MS) : 15 * 60_000;
 
 interface Running {
   job: JobRow;
@@ -92,9 +95,13 @@ export class Daemon {
   private starting: Promise<{ connected: boolean }> | undefined;
   private started = false;
   private readonly log: Log;
+  private readonly notify: SystemdNotifier;
+  /** Since when queued jobs have waited with none running (the watchdog's runner check). */
+  private idleWithQueueSince: number | undefined;
 
   constructor(private readonly cfg: DaemonConfig, log: Log = jsonLog) {
     this.log = (e) => log({ component: 'daemon', ...e });
+    this.notify = SystemdNotifier.fromEnv((e) => this.log({ ...e, component: 'systemd' }));
   }
 
   private t(channel: Channel): string {
@@ -170,6 +177,8 @@ export class Daemon {
       this.log({ level: 'info', event: 'ready', connected, deviceId: c.deviceId, queued: this.store.countJobs('queued'), outbox: this.store.outboxSize() });
       this.started = true;
       this.pump();
+      void this.notify.ready(connected ? 'ready; connected to the broker' : 'ready; broker not reached yet, retrying');
+      this.notify.startWatchdog(() => this.health());
       return { connected };
     } catch (e) {
       await this.link?.stop().catch(() => {});
@@ -192,6 +201,7 @@ export class Daemon {
 
   private async doStop(reason: string): Promise<void> {
     this.stopping = true;
+    void this.notify.stopping(`stopping: ${reason}`);
     if (!this.started) {
       // Stopped while starting (say, during the first connection attempt): let the start end.
       await this.link?.stop();
@@ -226,7 +236,37 @@ export class Daemon {
     if (this.endpoint) await within(this.endpoint.close(), 3000);
     this.store.close();
     this.lock?.release();
+    await within(this.notify.close(), 3000);
     this.log({ level: 'info', event: 'stopped', reason });
+  }
+
+  /**
+   * The systemd watchdog's health check: undefined when healthy, else why not. Proves the event
+   * loop turns, SQLite answers a query, and the job runner is not wedged (the running job
+   * reports progress; queued jobs do not wait with none running).
+   */
+  private async health(): Promise<string | undefined> {
+    const t0 = Date.now();
+    await loopTurn();
+    const lag = Date.now() - t0;
+    if (this.notify.watchdogMs !== undefined && lag > this.notify.watchdogMs) return `event loop turn took ${lag} ms`;
+    let queued: number;
+    try {
+      this.store.schemaVersion();
+      queued = this.store.countJobs('queued');
+    } catch (e) {
+      return `SQLite does not answer: ${(e as Error).message}`;
+    }
+    const now = Date.now();
+    const r = this.current;
+    if (r && now - r.lastSent > JOB_STALL_MS) return `job ${r.job.cmdId} (${r.job.type}) has reported no progress for ${Math.round((now - r.lastSent) / 1000)} s (stage ${r.stage})`;
+    if (!r && queued > 0 && !this.stopping) {
+      this.idleWithQueueSince ??= now;
+      if (now - this.idleWithQueueSince > 60_000) return `${queued} queued job(s) but none has started for ${Math.round((now - this.idleWithQueueSince) / 1000)} s`;
+    } else {
+      this.idleWithQueueSince = undefined;
+    }
+    return undefined;
   }
 
   // ---- start-up -------------------------------------------------------------------------------
@@ -282,10 +322,12 @@ export class Daemon {
   private onConnect(): void {
     void (async () => {
       try {
-        // The birth first, then the subscriptions: the retained status that comes back on
-        // subscribing is this birth, so any offline status after it is a stale will.
+        // Commands first, so a controller that sees the birth can already send; then the birth;
+        // then our own status, whose retained copy is now this birth, so any offline status
+        // after it is a stale will.
+        await this.link!.subscribe([this.t('cmd')]);
         await this.publishStatus();
-        await this.link!.subscribe([this.t('cmd'), this.t('status')]);
+        await this.link!.subscribe([this.t('status')]);
       } catch (e) {
         this.log({ level: 'warn', event: 'birth-or-subscribe-failed', message: (e as Error).message });
       }
@@ -591,6 +633,7 @@ export class Daemon {
         quantize: { ...this.cfg.quantize },
         threads: this.cfg.threads,
         importCfg: this.cfg.import,
+        deployCfg: this.cfg.deploy,
         signal: r.abort.signal,
         progress: (stage, fraction) => this.progress(r, stage, fraction),
         onRun: (runId) => {
