@@ -431,12 +431,18 @@ export class ThresholdKl {
     if (zerosQ === r) return Infinity;
     let minQ = qLast > 0 ? qLast : Infinity;
     let sq = lastSum > 0 && lastNz > 0 ? lastSum : 0;
+    // Per-level sums and non-empty counts, kept for the Q side once the smoothing is known.
+    if (this.levelSum.length < levels) {
+      this.levelSum = new Float64Array(levels);
+      this.levelNz = new Float64Array(levels);
+    }
+    const { levelSum, levelNz } = this;
     for (let k = 0; k < lastLevel; k++) {
       const a = start(k);
       const b = start(k + 1);
-      const cnt = nz[b] - nz[a];
+      const cnt = (levelNz[k] = nz[b] - nz[a]);
       if (cnt === 0) continue;
-      const sum = s0[b] - s0[a];
+      const sum = (levelSum[k] = s0[b] - s0[a]);
       sq += sum;
       const qk = sum / cnt;
       if (qk < minQ) minQ = qk;
@@ -448,11 +454,9 @@ export class ThresholdKl {
     // Q side, levels before the last: (Σ p' over the level's non-empty bins) · log(q'_level).
     let qSide = 0;
     for (let k = 0; k < lastLevel; k++) {
-      const a = start(k);
-      const b = start(k + 1);
-      const cnt = nz[b] - nz[a];
+      const cnt = levelNz[k];
       if (cnt === 0) continue;
-      const sum = s0[b] - s0[a];
+      const sum = levelSum[k];
       qSide += (sum - cnt * takeP) * Math.log(sum / cnt - takeQ);
     }
     // The last level, per bin (its bins before `last` have g; `last` has pLast).
