@@ -10,20 +10,13 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { COMMAND_ARGS, DEFAULT_PREFIX, TERMINAL, type CommandType, type Reply, type ReplyState } from '../agent/protocol/index.js';
 import { FleetController, stderrLog, type OutgoingCommand } from './controller.js';
-import { DEFAULT_BROKER } from './mqtt.js';
+import { DEFAULT_BROKER, type BrokerOptions } from './mqtt.js';
 import { EXIT_FAILED, EXIT_USAGE, FleetError, formatTime, printJson, printJsonLine, reportError } from './output.js';
 import { renderDevices, renderReports, replyLine, reportLine, statusLine } from './render.js';
 import { openFleetStore, type DeviceRecord, type FleetStore } from './store/index.js';
 import { compileWhere, parseCommandArgs, parseDeviceIds, parseWhere } from './targets.js';
 
-interface CommonArgs {
-  broker: string;
-  prefix: string;
-  tlsCa?: string;
-  tlsCert?: string;
-  tlsKey?: string;
-  username?: string;
-  password?: string;
+interface CommonArgs extends BrokerOptions {
   db?: string;
   stateDir?: string;
   share?: string;
