@@ -95,6 +95,21 @@ export interface DeployConfig {
   requireSignature?: boolean;
   /** Ed25519 public keys (PEM files) that may sign manifests. */
   publicKeys?: string[];
+  /** A newly activated version is pending until it has served this many inferences in a row without error (default 100; 0: the warm-up inference is enough). */
+  confirmAfter?: number;
+  /** Runtime failures of a pending version that roll it back (default 3). */
+  maxFailures?: number;
+  /** Starts of the serving process while a version is pending; the start after the last rolls it back (default 3). */
+  maxPendingStarts?: number;
+}
+
+/** The probation policy (agent/probation.ts) a deploy section sets. */
+export function probationPolicy(d: DeployConfig | undefined): { confirmAfter?: number; maxFailures?: number; maxStarts?: number } {
+  return {
+    ...(d?.confirmAfter !== undefined ? { confirmAfter: d.confirmAfter } : {}),
+    ...(d?.maxFailures !== undefined ? { maxFailures: d.maxFailures } : {}),
+    ...(d?.maxPendingStarts !== undefined ? { maxStarts: d.maxPendingStarts } : {}),
+  };
 }
 
 export interface AgentConfig {
@@ -272,6 +287,9 @@ const DEPLOY_KEYS: Record<keyof DeployConfig, [Check, string]> = {
   keepVersions: [posInt(1000), 'a whole number from 1 to 1000'],
   requireSignature: [bool, 'true or false'],
   publicKeys: [(v) => Array.isArray(v) && v.every((p) => typeof p === 'string' && p !== ''), 'a list of PEM file paths'],
+  confirmAfter: [(v) => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 1_000_000, 'a whole number from 0 to 1000000'],
+  maxFailures: [posInt(1000), 'a whole number from 1 to 1000'],
+  maxPendingStarts: [posInt(1000), 'a whole number from 1 to 1000'],
 };
 
 function isObject(v: unknown): v is Record<string, unknown> {

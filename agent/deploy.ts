@@ -52,6 +52,8 @@ export interface DeployResult {
   transferred: number;
   rangeIgnored: boolean;
   previous: number | null;
+  /** Whether the version is on probation (agent/probation.ts) after this deploy. */
+  pending: boolean;
   pruned: Array<{ version: number; release?: string; fileRemoved: boolean }>;
   strayRemoved: string[];
 }
@@ -106,8 +108,36 @@ export function pruneModel(store: Store, stateDir: string, name: string, keep: n
   return out;
 }
 
+export interface Activation {
+  version: ModelVersion;
+  previous: ModelVersion | undefined;
+  /** On probation until it has served (agent/probation.ts). */
+  pending: boolean;
+}
+
+function isPending(store: Store, v: ModelVersion): boolean {
+  return store.pendingActivation(v.model)?.version === v.version;
+}
+
+/** Why a model with inputs `next` cannot replace one with inputs `prev` (clients would break), or undefined. */
+export function inputsProblem(prev: TensorSpec[], next: TensorSpec[]): string | undefined {
+  const show = (s: TensorSpec) => `${s.name} [${s.shape.join(', ')}] ${s.dtype}`;
+  const byName = new Map(next.map((s) => [s.name, s]));
+  const problems: string[] = [];
+  for (const p of prev) {
+    const n = byName.get(p.name);
+    if (!n) problems.push(`input ${p.name} is gone`);
+    else if (n.dtype !== p.dtype || n.shape.length !== p.shape.length || n.shape.some((d, i) => (typeof d === 'number' || typeof p.shape[i] === 'number') && d !== p.shape[i])) {
+      problems.push(`input ${show(p)} became ${show(n)}`);
+    }
+    byName.delete(p.name);
+  }
+  for (const n of byName.values()) problems.push(`new input ${show(n)}`);
+  return problems.length ? problems.join('; ') : undefined;
+}
+
 /** Whether `v`'s file is there and hashes to its sha256. */
-async function fileIntact(v: ModelVersion): Promise<boolean> {
+export async function fileIntact(v: ModelVersion): Promise<boolean> {
   if (!existsSync(v.path)) return false;
   try {
     return (await sha256File(v.path)) === v.sha256;
@@ -136,10 +166,10 @@ export async function deployManifest(store: Store, stateDir: string, manifest: M
     }
     const active = store.activeVersion(manifest.name);
     if (active?.version === existing.version) {
-      return { ...base, version: existing.version, outcome: 'already-active', previous: active.version, pruned: [], strayRemoved };
+      return { ...base, version: existing.version, outcome: 'already-active', previous: active.version, pending: isPending(store, active), pruned: [], strayRemoved };
     }
-    const { previous } = await activateVersion(store, manifest.name, existing.version);
-    return { ...base, version: existing.version, outcome: 'activated-existing', previous: previous?.version ?? null, pruned: pruneModel(store, stateDir, manifest.name, keep), strayRemoved };
+    const { previous, pending } = await activateVersion(store, manifest.name, existing.version);
+    return { ...base, version: existing.version, outcome: 'activated-existing', previous: previous?.version ?? null, pending, pruned: pruneModel(store, stateDir, manifest.name, keep), strayRemoved };
   }
 
   const source = artifactSource(manifest, opts.baseDir);
@@ -154,6 +184,9 @@ export async function deployManifest(store: Store, stateDir: string, manifest: M
     let inputs: TensorSpec[];
     try {
       inputs = await warmUp(fetched.path);
+      const current = store.activeVersion(manifest.name);
+      const problem = current && inputsProblem(current.inputs, inputs);
+      if (problem) throw new EdgeqError('E_INPUTS_CHANGED', `${manifest.name} release ${manifest.version} does not take the inputs of the active v${current.version}: ${problem}; deploy it under a new model name`);
     } catch (e) {
       removeIfUnreferenced(store, dir, fetched.path);
       throw e;
@@ -167,7 +200,7 @@ export async function deployManifest(store: Store, stateDir: string, manifest: M
     return {
       ...base, version: version.version, outcome: fetched.cached ? 'cached' : 'downloaded',
       resumedFrom: fetched.resumedFrom, transferred: fetched.transferred, rangeIgnored: fetched.rangeIgnored,
-      previous: previous?.version ?? null, pruned: pruneModel(store, stateDir, manifest.name, keep), strayRemoved,
+      previous: previous?.version ?? null, pending: isPending(store, version), pruned: pruneModel(store, stateDir, manifest.name, keep), strayRemoved,
     };
   } finally {
     release();
@@ -177,24 +210,28 @@ export async function deployManifest(store: Store, stateDir: string, manifest: M
 /**
  * Makes `version` of `name` active after checking its file (present, right sha256) and a warm-up
  * inference; if either fails the active version stays. Returns the version and the one it replaced.
+ * Unless `probation` is false the new version is pending until it has served (agent/probation.ts).
  */
-export async function activateVersion(store: Store, name: string, version: number): Promise<{ version: ModelVersion; previous: ModelVersion | undefined }> {
+export async function activateVersion(store: Store, name: string, version: number, opts: { probation?: boolean } = {}): Promise<Activation> {
   const v = store.getVersion(name, version);
   if (!v) throw new EdgeqError('E_MODEL_UNKNOWN', store.hasModel(name) ? `model "${name}" has no version ${version}` : `no model named "${name}" in the store`);
   if (!(await fileIntact(v))) throw new EdgeqError('E_FILE_NOT_FOUND', `the file of ${name} v${version} (${v.path}) is missing or damaged; it cannot be activated`);
   await warmUp(v.path);
   const previous = store.activeVersion(name);
-  store.setActive(name, version);
-  return { version: v, previous };
+  store.setActive(name, version, opts);
+  return { version: v, previous, pending: isPending(store, v) };
 }
 
-/** Activates the version created before the active one (skipping versions whose file is gone); E_NO_PREVIOUS if there is none. */
-export async function rollbackModel(store: Store, name: string): Promise<{ version: ModelVersion; previous: ModelVersion | undefined }> {
+/**
+ * Activates the version created before the active one (skipping versions whose file is gone),
+ * without probation (it is going back); E_NO_PREVIOUS if there is none.
+ */
+export async function rollbackModel(store: Store, name: string): Promise<Activation> {
   if (!store.hasModel(name)) throw new EdgeqError('E_MODEL_UNKNOWN', `no model named "${name}" in the store`);
   const active = store.activeVersion(name);
   const older = store.listVersions(name).filter((v) => active === undefined || v.version < active.version).reverse();
   for (const v of older) {
-    if (await fileIntact(v)) return activateVersion(store, name, v.version);
+    if (await fileIntact(v)) return activateVersion(store, name, v.version, { probation: false });
   }
   throw new EdgeqError('E_NO_PREVIOUS', `model "${name}" has no version before ${active ? `v${active.version}` : 'the active one'} to roll back to`);
 }

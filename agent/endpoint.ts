@@ -7,6 +7,7 @@ import { CaptureWriter } from './capture/index.js';
 import type { ServeConfig } from './config.js';
 import { startServer, type CaptureSink, type ModelSource, type RunningServer, type ServedModel } from './serve/index.js';
 import type { Store } from './store/index.js';
+import { DEFAULT_PROBATION, Probation, type ProbationEvent, type ProbationPolicy } from './probation.js';
 
 /** The active version of each model in the store. */
 export function storeModels(store: Store): ModelSource {
@@ -33,6 +34,7 @@ export function storeCapture(store: Store, writer: CaptureWriter): CaptureSink {
 export interface Endpoint {
   server: RunningServer;
   writer?: CaptureWriter;
+  probation: Probation;
   close(): Promise<void>;
 }
 
@@ -41,8 +43,24 @@ export type Log = (event: Record<string, unknown>) => void;
 /** One JSON object per line on stderr: journald and log shippers parse it as is. */
 export const jsonLog: Log = (event) => process.stderr.write(JSON.stringify({ time: new Date().toISOString(), ...event }) + '\n');
 
-export async function startEndpoint(store: Store, opts: ServeConfig & { socket?: string; capture?: boolean; threads?: number; log?: Log }): Promise<Endpoint> {
+export interface EndpointOptions extends ServeConfig {
+  socket?: string;
+  capture?: boolean;
+  threads?: number;
+  log?: Log;
+  /** Probation of newly activated versions (agent/probation.ts); DEFAULT_PROBATION where unset. */
+  probation?: Partial<ProbationPolicy>;
+  onProbation?: (e: ProbationEvent) => void;
+}
+
+/**
+ * Settles pending activations for this start (agent/probation.ts: a start may roll one back),
+ * then serves the active versions and counts their inferences toward confirmation.
+ */
+export async function startEndpoint(store: Store, opts: EndpointOptions): Promise<Endpoint> {
   const log = opts.log ?? jsonLog;
+  const probation = new Probation(store, { ...DEFAULT_PROBATION, ...opts.probation }, log, opts.onProbation);
+  await probation.onStart();
   const writer = opts.capture === false ? undefined : new CaptureWriter(store, { onError: (e) => log({ level: 'warn', event: 'capture-refused', message: (e as Error).message }) });
   const server = await startServer({
     socket: opts.socket,
@@ -53,13 +71,16 @@ export async function startEndpoint(store: Store, opts: ServeConfig & { socket?:
     threads: opts.threads,
     models: storeModels(store),
     capture: writer ? storeCapture(store, writer) : undefined,
+    onServed: (model, version, ok, error) => probation.served(model, version, ok, error),
     log,
   });
   return {
     server,
     writer,
+    probation,
     async close() {
       await server.close();
+      await probation.settled();
       await writer?.close();
     },
   };

@@ -65,6 +65,7 @@ export type ErrorCode =
   | 'E_DISK_SPACE'
   | 'E_RELEASE_CONFLICT'
   | 'E_WARMUP_FAILED'
+  | 'E_INPUTS_CHANGED'
   | 'E_NO_PREVIOUS';
 
 export class EdgeqError extends Error {

@@ -19,14 +19,14 @@ export function describeDeploy(r: DeployResult): string {
       lines.push(`${r.model} ${r.release} is already active (v${r.version}); nothing to do`);
       break;
     case 'activated-existing':
-      lines.push(`${r.model} ${r.release} was deployed before: activated v${r.version} again (was v${r.previous ?? '-'})`);
+      lines.push(`${r.model} ${r.release} was deployed before: activated v${r.version} again (was v${r.previous ?? '-'})${r.pending ? '; pending until it has served' : ''}`);
       break;
     default: {
       const got = r.outcome === 'cached'
         ? 'file already on the device'
         : `downloaded ${formatBytes(r.transferred)}${r.resumedFrom ? `, resumed after ${formatBytes(r.resumedFrom)}` : ''}${r.rangeIgnored ? ' (the server ignored the range request: started over)' : ''}`;
       lines.push(`${r.model} ${r.release}: ${got}; size and sha256 verified, ${sig}; warm-up passed`);
-      lines.push(`activated ${r.model} v${r.version}${r.previous !== null ? ` (was v${r.previous})` : ''}`);
+      lines.push(`activated ${r.model} v${r.version}${r.previous !== null ? ` (was v${r.previous})` : ''}${r.pending ? '; pending until it has served (deploy.confirmAfter)' : ''}`);
     }
   }
   if (r.pruned.length) lines.push(`pruned ${r.pruned.map((p) => `v${p.version}`).join(', ')}`);
@@ -39,7 +39,7 @@ export function deployCommand(y: Argv): Argv {
     'Fetch a model from a manifest, verify it, warm it up and make it the active version',
     (b) =>
       b
-        .usage('edgeq deploy --manifest FILE\n\nThe manifest is JSON {name, version, url, sha256, size, signature?}. The file is fetched over http(s) (an interrupted\ndownload resumes) or copied from a directory the config\'s deploy.allow lists, checked against size and sha256\n(and the Ed25519 signature when deploy.publicKeys are set), loaded and run once in ONNX Runtime, then made active\nin one transaction; older versions beyond deploy.keepVersions are removed.')
+        .usage('edgeq deploy --manifest FILE\n\nThe manifest is JSON {name, version, url, sha256, size, signature?}. The file is fetched over http(s) (an interrupted\ndownload resumes) or copied from a directory the config\'s deploy.allow lists, checked against size and sha256\n(and the Ed25519 signature when deploy.publicKeys are set), loaded and run once in ONNX Runtime, then made active\nin one transaction; older versions beyond deploy.keepVersions are removed. A release whose inputs differ from the active\nversion is refused. The new version is pending until the endpoint has served it deploy.confirmAfter times without error.')
         .options(STORE_OPTIONS)
         .option('manifest', { type: 'string', demandOption: true, describe: 'the deploy manifest (JSON)' }),
     async (argv) => {

@@ -2,6 +2,7 @@
 import type { Argv } from 'yargs';
 import { activateVersion, resolveVersionRef, rollbackModel } from '../deploy.js';
 import { registerModel } from '../models.js';
+import type { ModelVersion, PendingActivation } from '../store/index.js';
 import { formatBytes, printJson, reportError } from '../output.js';
 import { STORE_OPTIONS, withStore, type StoreArgs } from './common.js';
 import { table } from './eval.js';
@@ -17,6 +18,12 @@ interface NameArgs extends StoreArgs {
 interface AddArgs extends StoreArgs {
   name: string;
   file: string;
+}
+
+/** 'yes', 'pending (12 served)' while on probation, 'rolled back' for a version that failed it. */
+function activeCell(active: number | null, pending: PendingActivation | null, v: ModelVersion): string {
+  if (active === v.version) return pending?.version === v.version ? `pending (${pending.servedOk} served, ${pending.failures} failed)` : 'yes';
+  return v.state === 'failed' ? 'rolled back' : '';
 }
 
 export function modelsCommand(y: Argv): Argv {
@@ -50,12 +57,12 @@ export function modelsCommand(y: Argv): Argv {
         async (argv) => {
           const args = argv as unknown as StoreArgs;
           try {
-            const models = await withStore(args, ({ store }) => store.listModels().map((m) => ({ ...m, versionList: store.listVersions(m.name) })));
+            const models = await withStore(args, ({ store }) => store.listModels().map((m) => ({ ...m, versionList: store.listVersions(m.name), pending: store.pendingActivation(m.name) ?? null })));
             if (args.json) return printJson(models);
             if (models.length === 0) return void process.stdout.write('no models yet (edgeq models add --name NAME --file model.onnx)\n');
             const rows = [['model', 'version', 'release', 'kind', 'size', 'active', 'samples']];
             for (const m of models) {
-              for (const v of m.versionList) rows.push([m.name, `v${v.version}`, v.release ?? '', v.kind, formatBytes(v.sizeBytes), m.active === v.version ? 'yes' : '', String(m.samples)]);
+              for (const v of m.versionList) rows.push([m.name, `v${v.version}`, v.release ?? '', v.kind, formatBytes(v.sizeBytes), activeCell(m.active, m.pending, v), String(m.samples)]);
             }
             process.stdout.write(table(rows));
           } catch (e) {
@@ -65,10 +72,10 @@ export function modelsCommand(y: Argv): Argv {
       )
       .command(
         'activate <ref>',
-        'Make NAME@VERSION the active version (after checking its file and a warm-up inference)',
+        'Make NAME@VERSION the active version (after checking its file and a warm-up inference); it is pending until it has served',
         (c) =>
           c
-            .usage('edgeq models activate NAME@VERSION\n\nVERSION is a release string from a deploy manifest (e.g. fmnist@1.4.0) or vN for store version N (fmnist@v3).\nThe file must be intact and run one inference in ONNX Runtime; otherwise the active version stays.')
+            .usage('edgeq models activate NAME@VERSION\n\nVERSION is a release string from a deploy manifest (e.g. fmnist@1.4.0) or vN for store version N (fmnist@v3).\nThe file must be intact and run one inference in ONNX Runtime; otherwise the active version stays.\nThe new version is then pending: the endpoint confirms it after deploy.confirmAfter inferences in a row without error,\nand rolls it back after deploy.maxFailures failures or deploy.maxPendingStarts restarts while pending.')
             .options(STORE_OPTIONS)
             .positional('ref', { type: 'string', demandOption: true, describe: 'NAME@VERSION' }),
         async (argv) => {
@@ -78,9 +85,9 @@ export function modelsCommand(y: Argv): Argv {
               const v = resolveVersionRef(store, args.ref);
               return activateVersion(store, v.model, v.version);
             });
-            const out = { ok: true, model: r.version.model, version: r.version.version, release: r.version.release ?? null, previous: r.previous?.version ?? null };
+            const out = { ok: true, model: r.version.model, version: r.version.version, release: r.version.release ?? null, previous: r.previous?.version ?? null, pending: r.pending };
             if (args.json) printJson(out);
-            else process.stdout.write(`activated ${out.model} v${out.version}${out.release ? ` (${out.release})` : ''}${out.previous !== null ? `, was v${out.previous}` : ''}\n`);
+            else process.stdout.write(`activated ${out.model} v${out.version}${out.release ? ` (${out.release})` : ''}${out.previous !== null ? `, was v${out.previous}` : ''}${out.pending ? '; pending until it has served' : ''}\n`);
           } catch (e) {
             reportError(e, args.json);
           }

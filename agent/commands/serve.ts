@@ -1,6 +1,7 @@
 /** `edgeq serve`: the local inference endpoint, serving the store's active versions and capturing inputs. */
 import type { Argv } from 'yargs';
 import { countArg } from '../args.js';
+import { probationPolicy } from '../config.js';
 import { jsonLog, startEndpoint } from '../endpoint.js';
 import { reportError } from '../output.js';
 import { socketFile } from '../state.js';
@@ -52,6 +53,7 @@ async function runServe(args: ServeArgs): Promise<void> {
       host: args.host ?? serve.host,
       capture: args.capture,
       threads: countArg('--threads', args.threads),
+      probation: probationPolicy(config?.deploy),
     }).catch((e: unknown) => {
       store.close();
       throw e;

@@ -37,6 +37,7 @@ import { storeFile } from '../state.js';
 import { Store, type CapturePolicy, type JobRow, type OutboxMessage, type ReplyTo } from '../store/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { applyOverrides, describeConfig, saveOverrides, type DaemonConfig, type Overrides } from './config.js';
+import { probationPolicy } from '../config.js';
 import { checkSource } from './import-source.js';
 import { JOB_TYPES, runJob, type JobOutcome } from './jobs.js';
 import { loopTurn, SystemdNotifier } from './notify.js';
@@ -141,7 +142,14 @@ export class Daemon {
       this.applyCapturePolicies();
       this.recoverJobs();
       if (c.endpoint) {
-        this.endpoint = await startEndpoint(this.store, { ...c.endpoint, capture: c.capture.enabled, threads: c.threads, log: (e) => this.log({ ...e, component: 'endpoint' }) });
+        this.endpoint = await startEndpoint(this.store, {
+          ...c.endpoint, capture: c.capture.enabled, threads: c.threads, log: (e) => this.log({ ...e, component: 'endpoint' }),
+          probation: probationPolicy(c.deploy),
+          // An automatic rollback changes what the device runs: the fleet sees it in the birth.
+          onProbation: (e) => {
+            if (e.event === 'rolled-back') this.refreshStatus();
+          },
+        });
         this.log({ level: 'info', event: 'endpoint-started', socket: this.endpoint.server.socket ?? null, port: this.endpoint.server.port ?? null });
       }
       if (this.stopping) {
@@ -339,7 +347,7 @@ export class Daemon {
     const models: NonNullable<Status['models']> = {};
     for (const m of this.store.listModels()) {
       const v = m.active !== null ? this.store.activeVersion(m.name) : undefined;
-      if (v) models[m.name] = { version: v.version, kind: v.kind };
+      if (v) models[m.name] = { version: v.version, kind: v.kind, ...(this.store.pendingActivation(m.name)?.version === v.version ? { pending: true } : {}) };
     }
     return {
       online: true,

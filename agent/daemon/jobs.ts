@@ -364,7 +364,7 @@ async function switchJob(cmd: Command<'activate'> | Command<'rollback'>, ctx: Jo
   const r = cmd.type === 'activate'
     ? await activateVersion(ctx.store, name, resolveVersionRef(ctx.store, versionRef(name, (cmd as Command<'activate'>).args.version)).version)
     : await rollbackModel(ctx.store, name);
-  return { result: { model: name, active: r.version.version, kind: r.version.kind, ...(r.version.release !== undefined ? { release: r.version.release } : {}), previous: r.previous?.version ?? null } };
+  return { result: { model: name, active: r.version.version, kind: r.version.kind, ...(r.version.release !== undefined ? { release: r.version.release } : {}), previous: r.previous?.version ?? null, pending: r.pending } };
 }
 
 /** A number names the store's version; a string the manifest's release (or vN). */

@@ -62,8 +62,8 @@ export const StatusSchema = z.looseObject({
   agentVersion: z.string().optional(),
   device: DeviceSchema.optional(),
   profile: z.looseObject({ name: z.string(), reason: z.string() }).optional(),
-  /** Active model versions on the device: name → version and kind. */
-  models: z.record(z.string(), z.looseObject({ version: z.number().int(), kind: z.string() })).optional(),
+  /** Active model versions on the device: name → version and kind; pending: on probation (not yet confirmed by serving). */
+  models: z.record(z.string(), z.looseObject({ version: z.number().int(), kind: z.string(), pending: z.boolean().optional() })).optional(),
   /** The job running now, if any. */
   job: z.looseObject({ cmdId: z.string(), type: z.string() }).nullable().optional(),
   queue: z.number().int().nonnegative().optional(),

@@ -48,6 +48,11 @@ export interface ServerOptions {
   threads?: number;
   models: ModelSource;
   capture?: CaptureSink;
+  /**
+   * Told after each inference whether the model ran (ok) or failed in ONNX Runtime or at load;
+   * requests refused for their input are not counted. Must not throw or block.
+   */
+  onServed?: (model: string, version: number, ok: boolean, error?: string) => void;
   /** Structured events, one object each (listening, request, model_loaded, …). */
   log?: (event: Record<string, unknown>) => void;
 }
@@ -256,6 +261,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const models = opts.models;
   const capture = opts.capture;
+  const onServed = (model: string, version: number, ok: boolean, error?: string): void => {
+    try {
+      opts.onServed?.(model, version, ok, error);
+    } catch (e) {
+      log({ event: 'on_served_failed', model, version, message: String((e as Error)?.message ?? e) });
+    }
+  };
   const pool = new SessionPool(opts.threads, log);
   const metrics = new Metrics();
   const started = performance.now();
@@ -326,7 +338,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     ctx.model = name;
     ctx.version = served.version;
     const body = await readBody(req, maxBody);
-    let lease: Lease | undefined = await pool.acquire(served);
+    let lease: Lease | undefined;
+    try {
+      lease = await pool.acquire(served);
+    } catch (e) {
+      // The version could not be loaded (bad or missing file): a failure of that version.
+      if (isEdgeqError(e) && e.code !== 'E_UNAVAILABLE') onServed(served.name, served.version, false, e.message);
+      throw e;
+    }
     let inputs: DecodedInput[];
     let reply: { status: number; body: string | Uint8Array; type: string; headers: Record<string, string> };
     try {
@@ -342,8 +361,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         // ORT's own log line for a failed run would go to stderr; the error reply and our log carry it.
         out = await lease.session.run(feeds, { logSeverityLevel: 4 });
       } catch (e) {
-        throw new EdgeqError('E_RUNTIME', `ONNX Runtime failed on model ${m.name} version ${m.version}: ${String((e as Error)?.message ?? e).split('\n')[0]}`, { cause: e });
+        const err = new EdgeqError('E_RUNTIME', `ONNX Runtime failed on model ${m.name} version ${m.version}: ${String((e as Error)?.message ?? e).split('\n')[0]}`, { cause: e });
+        onServed(m.name, m.version, false, err.message);
+        throw err;
       }
+      onServed(m.name, m.version, true);
       const seconds = (performance.now() - t0) / 1000;
       lease.release();
       lease = undefined;

@@ -139,4 +139,18 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE model_versions ADD COLUMN source TEXT;   -- the manifest's url or path
   CREATE UNIQUE INDEX model_versions_by_release ON model_versions (model, release) WHERE release IS NOT NULL;
   `,
+  // 4: activations on probation: a newly activated version stays pending until it has served
+  // enough inferences without error; repeated failures or restarts while pending roll it back.
+  `
+  CREATE TABLE pending_activations (
+    model TEXT PRIMARY KEY REFERENCES models (name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    fallback_version INTEGER NOT NULL,  -- the last version that served without being pending
+    served_ok INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    starts INTEGER NOT NULL DEFAULT 0,  -- serving processes started while this was pending
+    last_error TEXT,
+    since INTEGER NOT NULL
+  );
+  `,
 ];

@@ -26,7 +26,7 @@ import { MIGRATIONS } from './schema.js';
 import { isSqliteError, openDatabase, type Database, type Statement } from './sqlite.js';
 import {
   DEFAULT_POLICY,
-  type CapturePolicy, type CaptureStats, type ModelSummary, type ModelVersion, type NewModelVersion, type OfferedSample, type OfferOutcome,
+  type CapturePolicy, type CaptureStats, type ModelSummary, type ModelVersion, type NewModelVersion, type OfferedSample, type OfferOutcome, type PendingActivation,
   type JobRow, type NewJob, type OutboxMessage, type OutboxProperties, type OutboxRow, type ReplyTo, type RunError, type RunRow, type RunState, type SampleTensor, type Split, type StoredSample, type TensorSpec,
 } from './types.js';
 
@@ -45,8 +45,9 @@ const POLICY_KEYS: ReadonlyArray<keyof CapturePolicy> = ['enabled', 'rate', 'max
 
 interface VersionRow {
   model: string; version: number; kind: 'fp32' | 'int8'; path: string; sha256: string; size_bytes: number; inputs: string; parent_version: number | null; created_at: number;
-  release: string | null; source: string | null;
+  release: string | null; source: string | null; state: string;
 }
+interface PendingRow { model: string; version: number; fallback_version: number; served_ok: number; failures: number; starts: number; last_error: string | null; since: number }
 interface PolicyRow { enabled: number; rate: number; max_samples: number; max_bytes: number; retention_ms: number }
 interface StatsRow { seen: number; duplicates: number; sampled_out: number; evicted: number; refused: number; reservoir_full: number; disabled: number; pruned: number }
 interface RunDbRow {
@@ -163,6 +164,14 @@ function toVersion(r: VersionRow): ModelVersion {
     model: r.model, version: r.version, kind: r.kind, path: r.path, sha256: r.sha256, sizeBytes: r.size_bytes,
     inputs: JSON.parse(r.inputs) as TensorSpec[], parentVersion: r.parent_version, createdAt: r.created_at,
     ...(r.release !== null ? { release: r.release } : {}), ...(r.source !== null ? { source: r.source } : {}),
+    ...(r.state === 'failed' ? { state: 'failed' as const } : {}),
+  };
+}
+
+function toPending(r: PendingRow): PendingActivation {
+  return {
+    model: r.model, version: r.version, fallbackVersion: r.fallback_version, servedOk: r.served_ok, failures: r.failures,
+    starts: r.starts, lastError: r.last_error, since: r.since,
   };
 }
 
@@ -372,7 +381,7 @@ export class Store {
     return this.write(() => {
       const previous = this.activeVersion(name);
       const version = this.insertVersion(name, v, checked);
-      this.q('UPDATE models SET active_version = ? WHERE name = ?').run(version.version, name);
+      this.switchActive(name, previous?.version, version.version, true);
       return { version, previous };
     }, true);
   }
@@ -395,6 +404,8 @@ export class Store {
       const active = this.q<{ a: number | null }>('SELECT active_version AS a FROM models WHERE name = ?').get(name)?.a ?? null;
       const kept = new Set(all.slice(0, keep).map((v) => v.version));
       if (active !== null) kept.add(active);
+      const pending = this.pendingActivation(name);
+      if (pending) kept.add(pending.fallbackVersion);
       // A kept version's parent stays (and so, transitively, its parent's parent).
       let grew = true;
       while (grew) {
@@ -442,11 +453,87 @@ export class Store {
     return r && toVersion(r);
   }
 
-  setActive(name: string, version: number): void {
+  /**
+   * Makes `version` the active one. It replaces another active version, it is pending (see
+   * pendingActivation) unless `probation` is false (rollbacks: going back to a version that served).
+   */
+  setActive(name: string, version: number, opts: { probation?: boolean } = {}): void {
     this.write(() => {
       this.requireModel(name);
       if (!this.getVersion(name, version)) throw new EdgeqError('E_MODEL_UNKNOWN', `model "${name}" has no version ${String(version)}`);
-      this.q('UPDATE models SET active_version = ? WHERE name = ?').run(version, name);
+      this.switchActive(name, this.activeVersion(name)?.version, version, opts.probation ?? true);
+    }, true);
+  }
+
+  /**
+   * In a transaction: points `name` at `to` and keeps pending_activations in step. A pending
+   * version replaced by another keeps the fallback it had, so the fallback is always a version
+   * that served unconditionally.
+   */
+  private switchActive(name: string, from: number | undefined, to: number, probation: boolean): void {
+    this.q('UPDATE models SET active_version = ? WHERE name = ?').run(to, name);
+    this.q("UPDATE model_versions SET state = 'ready' WHERE model = ? AND version = ?").run(name, to);
+    const pending = this.pendingActivation(name);
+    const fallback = pending ? pending.fallbackVersion : from;
+    if (!probation || fallback === undefined || fallback === to || from === to) {
+      if (from !== to) this.q('DELETE FROM pending_activations WHERE model = ?').run(name);
+      return;
+    }
+    this.q(
+      `INSERT INTO pending_activations (model, version, fallback_version, since) VALUES (?, ?, ?, ?)
+       ON CONFLICT (model) DO UPDATE SET version = excluded.version, fallback_version = excluded.fallback_version,
+         served_ok = 0, failures = 0, starts = 0, last_error = NULL, since = excluded.since`,
+    ).run(name, to, fallback, Date.now());
+  }
+
+  /** The activation of `name` still on probation, if any. */
+  pendingActivation(name: string): PendingActivation | undefined {
+    const r = this.q<PendingRow>('SELECT * FROM pending_activations WHERE model = ?').get(name);
+    return r && toPending(r);
+  }
+
+  listPending(): PendingActivation[] {
+    return this.q<PendingRow>('SELECT * FROM pending_activations ORDER BY model').all().map(toPending);
+  }
+
+  /**
+   * Counts one inference of `name` v`version` if that version is pending (a failure also restarts
+   * the count of successes: confirmation needs K in a row); returns
+   * the pending row after the update, or undefined when the version is not pending.
+   */
+  recordServed(name: string, version: number, ok: boolean, error?: string): PendingActivation | undefined {
+    return this.write(() => {
+      const changed = ok
+        ? this.q('UPDATE pending_activations SET served_ok = served_ok + 1 WHERE model = ? AND version = ?').run(name, version).changes
+        : this.q('UPDATE pending_activations SET failures = failures + 1, served_ok = 0, last_error = ? WHERE model = ? AND version = ?').run((error ?? 'error').slice(0, 500), name, version).changes;
+      return changed ? this.pendingActivation(name) : undefined;
+    });
+  }
+
+  /** Counts a serving process start for every pending activation; returns them after the update. */
+  recordPendingStarts(): PendingActivation[] {
+    return this.write(() => {
+      this.q('UPDATE pending_activations SET starts = starts + 1').run();
+      return this.listPending();
+    }, true);
+  }
+
+  /** Ends the probation of `name` v`version` (no-op if another version is pending now). */
+  confirmActivation(name: string, version: number): boolean {
+    return this.write(() => this.q('DELETE FROM pending_activations WHERE model = ? AND version = ?').run(name, version).changes > 0, true);
+  }
+
+  /**
+   * The automatic rollback: if `version` is still the pending one, activates `to` (no probation)
+   * and marks `version` failed, in one durable transaction. False if something else changed first.
+   */
+  failActivation(name: string, version: number, to: number): boolean {
+    return this.write(() => {
+      if (this.pendingActivation(name)?.version !== version) return false;
+      if (!this.getVersion(name, to)) throw new EdgeqError('E_MODEL_UNKNOWN', `model "${name}" has no version ${String(to)}`);
+      this.switchActive(name, version, to, false);
+      this.q("UPDATE model_versions SET state = 'failed' WHERE model = ? AND version = ?").run(name, version);
+      return true;
     }, true);
   }
 

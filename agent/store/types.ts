@@ -42,6 +42,8 @@ export interface ModelVersion {
   release?: string;
   /** The deploy manifest's url or path (only on deployed versions). */
   source?: string;
+  /** 'failed' once an activation of it was rolled back automatically; absent while usable. */
+  state?: 'failed';
 }
 
 export interface NewModelVersion {
@@ -55,6 +57,20 @@ export interface NewModelVersion {
   release?: string;
   /** Where the file came from (a deploy manifest's url or path). */
   source?: string;
+}
+
+/** A version activated but not yet confirmed by serving (store migration 4). */
+export interface PendingActivation {
+  model: string;
+  version: number;
+  /** What an automatic rollback goes back to: the last version that was active and not pending. */
+  fallbackVersion: number;
+  servedOk: number;
+  failures: number;
+  /** Serving processes (daemon, `edgeq serve`) started while this version was pending. */
+  starts: number;
+  lastError: string | null;
+  since: number;
 }
 
 export interface ModelSummary {

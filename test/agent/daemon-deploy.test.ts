@@ -45,12 +45,17 @@ serviceTest('deploy, activate and rollback over MQTT', missing, async (t) => {
 
   const dep = await command(o, d, { id: 'dep-1', type: 'deploy', args: { manifest } });
   t.is(dep.state, 'succeeded', JSON.stringify(dep));
+  t.is((dep.result as { pending: boolean }).pending, true);
   const back = await command(o, d, { id: 'rb-1', type: 'rollback', args: { model: 'fmnist' } });
   t.is(back.state, 'succeeded', JSON.stringify(back));
   t.is((back.result as { active: number }).active, 1);
   const again = await command(o, d, { id: 'act-1', type: 'activate', args: { model: 'fmnist', version: '2.0.0' } });
   t.is(again.state, 'succeeded', JSON.stringify(again));
   t.is((again.result as { active: number }).active, 2);
+  t.is((again.result as { pending: boolean }).pending, true, 'activated over v1: on probation');
+  // The retained status tells the fleet the active version is still pending.
+  await o.waitFor((m) => m.topic === d.status && (m.json?.models as Record<string, { version: number; pending?: boolean }> | undefined)?.fmnist?.version === 2
+    && (m.json?.models as Record<string, { pending?: boolean }>).fmnist.pending === true, 'a status with fmnist v2 pending');
   const none = await command(o, d, { id: 'act-2', type: 'activate', args: { model: 'fmnist', version: 9 } });
   t.is(none.state, 'failed');
 

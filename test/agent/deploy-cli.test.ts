@@ -44,16 +44,16 @@ test('edgeq deploy, models ls, activate and rollback', async (t) => {
   t.like(r.json, { ok: true, model: 'm', version: 1, release: '1.0.0', outcome: 'downloaded' });
   r = await run(['deploy', '--manifest', files[1], ...state]);
   t.is(r.status, 0, r.stderr);
-  t.regex(r.stdout, /activated m v2 \(was v1\)/);
+  t.regex(r.stdout, /activated m v2 \(was v1\); pending until it has served/);
   r = await run(['models', 'rollback', 'm', ...state, '--json']);
   t.like(r.json, { ok: true, version: 1, previous: 2 });
   r = await run(['models', 'rollback', 'm', ...state, '--json']);
   t.is(r.status, 1);
   t.like(r.json, { ok: false, error: { code: 'E_NO_PREVIOUS' } });
   r = await run(['models', 'activate', 'm@1.1.0', ...state, '--json']);
-  t.like(r.json, { ok: true, version: 2, release: '1.1.0', previous: 1 });
+  t.like(r.json, { ok: true, version: 2, release: '1.1.0', previous: 1, pending: true });
   r = await run(['models', 'ls', ...state]);
-  t.regex(r.stdout, /v2\s+1\.1\.0\s+fp32\s+\S+ \S+\s+yes/);
+  t.regex(r.stdout, /v2\s+1\.1\.0\s+fp32\s+\S+ \S+\s+pending \(0 served, 0 failed\)/);
   // A bad manifest is E_MANIFEST_INVALID.
   writeFileSync(join(dir, 'bad.json'), JSON.stringify({ name: 'm', version: '3', url: 'ftp://x/y', sha256: 'x', size: 1 }));
   r = await run(['deploy', '--manifest', join(dir, 'bad.json'), ...state, '--json']);

@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { activateVersion, deployManifest, resolveVersionRef, rollbackModel } from '../../agent/deploy.js';
+import { activateVersion, deployManifest, pruneModel, resolveVersionRef, rollbackModel } from '../../agent/deploy.js';
 import type { DeployConfig } from '../../agent/config.js';
 import { modelsDir, storeFile } from '../../agent/state.js';
 import { Store } from '../../agent/store/index.js';
@@ -186,23 +186,30 @@ test('local files only from deploy.allow directories', async (t) => {
   t.deepEqual(strayFiles(c.models), []);
 });
 
-test('keepVersions prunes the oldest versions and their files, never the active one', async (t) => {
+test('keepVersions prunes the oldest versions and their files, never the active one nor a pending one\'s fallback', async (t) => {
   const c = await setup(t);
   for (const tag of ['r2', 'r3', 'r4']) {
     const b = modelVariant(tag);
     c.server.route(`/${tag}.onnx`, { body: b, modes: ['ok'] });
-    await deployManifest(c.store, c.stateDir, manifestFor('m', tag, c.server.url(`/${tag}.onnx`), b), { config: { keepVersions: 2 } });
+    const r = await deployManifest(c.store, c.stateDir, manifestFor('m', tag, c.server.url(`/${tag}.onnx`), b), { config: { keepVersions: 2 } });
+    t.true(r.pending);
+    if (tag !== 'r4') t.true(c.store.confirmActivation('m', r.version)); // as the endpoint does after serving it
   }
+  // v4 is pending; its fallback v3 is among the newest two anyway.
   t.deepEqual(c.store.listVersions('m').map((v) => v.version), [3, 4]);
   t.is(onnxFiles(c.models).length, 2);
   t.false(existsSync(fileOf(c.models, sha256(c.v1))));
-  // Roll back to v3, then deploy r5 with keep 1: v3 (active before) goes, v5 stays… and keep 1 keeps only the active.
+  // Roll back to v3 (no probation), then deploy r5 with keep 1: v4 goes; v3 stays as long as v5 is pending.
   await rollbackModel(c.store, 'm');
   t.is(c.store.activeVersion('m')?.version, 3);
+  t.is(c.store.pendingActivation('m'), undefined);
   const b5 = modelVariant('r5');
   c.server.route('/r5.onnx', { body: b5, modes: ['ok'] });
   const r = await deployManifest(c.store, c.stateDir, manifestFor('m', 'r5', c.server.url('/r5.onnx'), b5), { config: { keepVersions: 1 } });
-  t.deepEqual(r.pruned.map((p) => p.version), [4, 3]);
+  t.deepEqual(r.pruned.map((p) => p.version), [4]);
+  t.deepEqual(c.store.listVersions('m').map((v) => v.version), [3, 5]);
+  t.true(c.store.confirmActivation('m', 5));
+  t.deepEqual(pruneModel(c.store, c.stateDir, 'm', 1).map((p) => p.version), [3]);
   t.deepEqual(c.store.listVersions('m').map((v) => v.version), [5]);
   t.deepEqual(onnxFiles(c.models), [`${sha256(b5)}.onnx`]);
   t.deepEqual(c.store.integrityCheck(), ['ok']);
