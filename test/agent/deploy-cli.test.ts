@@ -3,7 +3,8 @@ import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, tempDir } from '../helpers/fixtures.js';
-import { manifestFor, modelVariant, startServer } from '../deploy/helpers.js';
+import { manifestFor, modelVariant, startServer, strayFiles } from '../deploy/helpers.js';
+import { makePki } from '../helpers/mosquitto.js';
 
 interface Ran {
   status: number;
@@ -13,9 +14,9 @@ interface Ran {
 }
 
 /** Runs the CLI asynchronously (the test's http server must keep answering meanwhile). */
-function run(args: string[]): Promise<Ran> {
+function run(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Ran> {
   return new Promise((ok) => {
-    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8' }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8', env }, (err, stdout, stderr) => {
       let json: Record<string, unknown> = {};
       try {
         json = JSON.parse(stdout) as Record<string, unknown>;
@@ -59,4 +60,24 @@ test('edgeq deploy, models ls, activate and rollback', async (t) => {
   r = await run(['deploy', '--manifest', join(dir, 'bad.json'), ...state, '--json']);
   t.like(r.json, { ok: false, error: { code: 'E_MANIFEST_INVALID' } });
   t.is((await run(['deploy', '--help'])).status, 0);
+});
+
+test('edgeq deploy over https: a server the system trusts (NODE_EXTRA_CA_CERTS) works; an untrusted certificate is refused before anything is stored', async (t) => {
+  const dir = tempDir(t, 'edgeq-deploy-https-');
+  const pki = makePki(dir);
+  const server = await startServer(t, { cert: pki.serverCert, key: pki.serverKey });
+  const body = modelVariant('https');
+  server.route('/m.onnx', { body, modes: ['ok'] });
+  const manifest = join(dir, 'm.json');
+  writeFileSync(manifest, JSON.stringify(manifestFor('m', '1', server.url('/m.onnx'), body)));
+  const state = ['--state-dir', join(dir, 'state')];
+  const { NODE_EXTRA_CA_CERTS: _ignored, ...env } = process.env;
+  const untrusted = await run(['deploy', '--manifest', manifest, ...state, '--json'], env);
+  t.is(untrusted.status, 1);
+  t.like(untrusted.json, { ok: false, error: { code: 'E_DOWNLOAD' } });
+  t.regex(JSON.stringify(untrusted.json), /certificate/i);
+  t.deepEqual(strayFiles(join(dir, 'state', 'models')), []);
+  const trusted = await run(['deploy', '--manifest', manifest, ...state, '--json'], { ...env, NODE_EXTRA_CA_CERTS: pki.ca });
+  t.is(trusted.status, 0, trusted.stderr + trusted.stdout);
+  t.like(trusted.json, { ok: true, model: 'm', version: 1, outcome: 'downloaded', transferred: body.length });
 });

@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -45,10 +46,11 @@ export interface TestServer {
   requests: Array<{ path: string; range: string | undefined }>;
 }
 
-export async function startServer(t: ExecutionContext): Promise<TestServer> {
+/** A local artifact server: http, or https with `tls` (PEM certificate and key). */
+export async function startServer(t: ExecutionContext, tls?: { cert: string; key: string }): Promise<TestServer> {
   const routes = new Map<string, Route & { n: number }>();
   const requests: TestServer['requests'] = [];
-  const server = http.createServer((req, res) => {
+  const handler: http.RequestListener = (req, res) => {
     const path = req.url ?? '/';
     const range = req.headers.range;
     requests.push({ path, range });
@@ -94,7 +96,8 @@ export async function startServer(t: ExecutionContext): Promise<TestServer> {
       else res.once('drain', step);
     };
     step();
-  });
+  };
+  const server = tls ? https.createServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handler) : http.createServer(handler);
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
   t.teardown(() => {
     server.closeAllConnections();
@@ -102,7 +105,7 @@ export async function startServer(t: ExecutionContext): Promise<TestServer> {
   });
   const port = (server.address() as AddressInfo).port;
   return {
-    url: (path) => `http://127.0.0.1:${port}${path}`,
+    url: (path) => `${tls ? 'https' : 'http'}://127.0.0.1:${port}${path}`,
     route: (path, r) => void routes.set(path, { ...r, n: 0 }),
     requests,
   };
