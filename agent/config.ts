@@ -11,6 +11,7 @@ import { readJsonFile } from './json-file.js';
 import { METHODS } from '../quant/observe/range-search.js';
 import { isProfileName, type Profile, type ProfileName } from '../quant/profiles.js';
 import { DEVICE_ID, PREFIX } from './protocol/messages.js';
+import type { StoreLimits } from './store/index.js';
 
 export interface QuantizeConfig {
   profile?: ProfileName | 'auto';
@@ -33,6 +34,8 @@ export interface ServeConfig {
   host?: string;
   allowNonLoopback?: boolean;
   maxBodyBytes?: number;
+  /** Largest input tensor of a request, in elements (default 16M); a bigger one is refused with 413. */
+  maxElements?: number;
 }
 
 /** The fleet broker (MQTT 5). */
@@ -70,6 +73,9 @@ export interface CaptureConfig {
   enabled?: boolean;
   /** Policies per model name, applied when the daemon starts. */
   policies?: Record<string, CapturePolicyConfig>;
+  /** Samples (default 256) and bytes (default 64 MiB) waiting in memory for the store; beyond, new ones are dropped. */
+  maxQueue?: number;
+  maxQueueBytes?: number;
 }
 
 export interface ImportConfig {
@@ -131,9 +137,27 @@ export interface AgentConfig {
   /** How long a graceful stop may take, ms (default 20000). */
   shutdownTimeoutMs?: number;
   deploy?: DeployConfig;
+  /** The SQLite store's size cap, bytes (default 1 GiB): capture stops at it. */
+  store?: { maxBytes?: number };
+  /** Messages waiting for the broker (defaults 10000 messages, 16 MiB); see StoreLimits. */
+  outbox?: { maxMessages?: number; maxBytes?: number };
+  /** Finished runs kept in the store (default 1000). */
+  runs?: { keep?: number };
+}
+
+/** The store's caps a config sets (agent/store StoreLimits); unset ones keep their defaults. */
+export function storeLimits(c: AgentConfig | undefined): Partial<StoreLimits> {
+  const out: Partial<StoreLimits> = {};
+  if (c?.store?.maxBytes !== undefined) out.maxBytes = c.store.maxBytes;
+  if (c?.outbox?.maxMessages !== undefined) out.outboxMaxMessages = c.outbox.maxMessages;
+  if (c?.outbox?.maxBytes !== undefined) out.outboxMaxBytes = c.outbox.maxBytes;
+  if (c?.runs?.keep !== undefined) out.keepRuns = c.runs.keep;
+  return out;
 }
 
 type Check = (v: unknown) => boolean;
+/** A whole number from `min` up. */
+const posIntAt = (min: number): Check => (v) => Number.isSafeInteger(v) && (v as number) >= min;
 const bool: Check = (v) => typeof v === 'boolean';
 const QUANTIZE_KEYS: Record<keyof QuantizeConfig, [Check, string]> = {
   profile: [(v) => v === 'auto' || (typeof v === 'string' && isProfileName(v)), '"fbgemm", "qnnpack" or "auto"'],
@@ -153,6 +177,7 @@ const SERVE_KEYS: Record<keyof ServeConfig, [Check, string]> = {
   host: [(v) => typeof v === 'string' && v !== '', 'an address'],
   allowNonLoopback: [bool, 'true or false'],
   maxBodyBytes: [(v) => Number.isInteger(v) && (v as number) > 0, 'a positive number of bytes'],
+  maxElements: [posIntAt(1), 'a positive whole number of elements'],
 };
 
 const str: Check = (v) => typeof v === 'string' && v !== '';
@@ -203,7 +228,7 @@ export function parseConfig(value: unknown, source: string): AgentConfig {
   const bad = (why: string) => new EdgeqError('E_CONFIG_INVALID', `${source}: ${why}`);
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('the configuration must be a JSON object');
   const top = value as Record<string, unknown>;
-  const known = ['quantize', 'stateDir', 'serve', 'deviceId', 'prefix', 'threads', 'broker', 'capture', 'import', 'queue', 'commands', 'shutdownTimeoutMs', 'deploy'];
+  const known = ['quantize', 'stateDir', 'serve', 'deviceId', 'prefix', 'threads', 'broker', 'capture', 'import', 'queue', 'commands', 'shutdownTimeoutMs', 'deploy', 'store', 'outbox', 'runs'];
   for (const k of Object.keys(top)) if (!known.includes(k)) throw bad(`unknown key "${k}" (known: ${known.join(', ')})`);
   if (top.stateDir !== undefined && (typeof top.stateDir !== 'string' || top.stateDir === '')) throw bad('"stateDir" must be a directory path');
   const serve = checkSection(top.serve, 'serve', SERVE_KEYS, bad) as ServeConfig;
@@ -235,10 +260,14 @@ export function parseConfig(value: unknown, source: string): AgentConfig {
   }
   if (top.capture !== undefined) {
     if (!isObject(top.capture)) throw bad('"capture" must be an object');
-    const { enabled, policies, ...others } = top.capture;
+    const { enabled, policies, maxQueue, maxQueueBytes, ...others } = top.capture;
     const extra = Object.keys(others)[0];
-    if (extra !== undefined) throw bad(`unknown key "capture.${extra}" (known: enabled, policies)`);
-    const capture: CaptureConfig = {};
+    if (extra !== undefined) throw bad(`unknown key "capture.${extra}" (known: enabled, policies, maxQueue, maxQueueBytes)`);
+    const queueKeys = Object.fromEntries(Object.entries({ maxQueue, maxQueueBytes }).filter(([, v]) => v !== undefined));
+    const capture: CaptureConfig = checkSection(queueKeys, 'capture', {
+      maxQueue: [posIntAt(1), 'a positive whole number of samples'],
+      maxQueueBytes: [posIntAt(1), 'a positive whole number of bytes'],
+    }, bad) as CaptureConfig;
     if (enabled !== undefined) {
       if (typeof enabled !== 'boolean') throw bad(`"capture.enabled" must be true or false, got ${JSON.stringify(enabled)}`);
       capture.enabled = enabled;
@@ -273,6 +302,11 @@ export function parseConfig(value: unknown, source: string): AgentConfig {
     out.import = imp;
   }
   if (top.queue !== undefined) out.queue = checkSection(top.queue, 'queue', { max: [posInt(10_000), 'a whole number from 1 to 10000'] }, bad) as AgentConfig['queue'];
+  if (top.store !== undefined) out.store = checkSection(top.store, 'store', { maxBytes: [posIntAt(1024 * 1024), 'a whole number of bytes, 1 MiB or more'] }, bad) as AgentConfig['store'];
+  if (top.outbox !== undefined) {
+    out.outbox = checkSection(top.outbox, 'outbox', { maxMessages: [posIntAt(1), 'a positive whole number of messages'], maxBytes: [posIntAt(1024), 'a whole number of bytes, 1 KiB or more'] }, bad) as AgentConfig['outbox'];
+  }
+  if (top.runs !== undefined) out.runs = checkSection(top.runs, 'runs', { keep: [posIntAt(1), 'a positive whole number of runs'] }, bad) as AgentConfig['runs'];
   if (top.commands !== undefined) out.commands = checkSection(top.commands, 'commands', { maxBytes: [posInt(16 * 1024 * 1024), 'a whole number of bytes from 1 to 16 MiB'] }, bad) as AgentConfig['commands'];
   if (top.deploy !== undefined) out.deploy = checkSection(top.deploy, 'deploy', DEPLOY_KEYS, bad) as DeployConfig;
   return out;

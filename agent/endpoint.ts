@@ -31,6 +31,10 @@ export function storeCapture(store: Store, writer: CaptureWriter): CaptureSink {
   };
 }
 
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
 export interface Endpoint {
   server: RunningServer;
   writer?: CaptureWriter;
@@ -46,6 +50,8 @@ export const jsonLog: Log = (event) => process.stderr.write(JSON.stringify({ tim
 export interface EndpointOptions extends ServeConfig {
   socket?: string;
   capture?: boolean;
+  /** The capture writer's in-memory queue caps (config capture.maxQueue, capture.maxQueueBytes). */
+  captureQueue?: { maxQueue?: number; maxQueueBytes?: number };
   threads?: number;
   log?: Log;
   /** Probation of newly activated versions (agent/probation.ts); DEFAULT_PROBATION where unset. */
@@ -61,13 +67,14 @@ export async function startEndpoint(store: Store, opts: EndpointOptions): Promis
   const log = opts.log ?? jsonLog;
   const probation = new Probation(store, { ...DEFAULT_PROBATION, ...opts.probation }, log, opts.onProbation);
   await probation.onStart();
-  const writer = opts.capture === false ? undefined : new CaptureWriter(store, { onError: (e) => log({ level: 'warn', event: 'capture-refused', message: (e as Error).message }) });
+  const writer = opts.capture === false ? undefined : new CaptureWriter(store, { ...definedOnly(opts.captureQueue ?? {}), onError: (e) => log({ level: 'warn', event: 'capture-refused', message: (e as Error).message }) });
   const server = await startServer({
     socket: opts.socket,
     port: opts.port,
     host: opts.host,
     allowNonLoopback: opts.allowNonLoopback,
     maxBodyBytes: opts.maxBodyBytes,
+    maxElements: opts.maxElements,
     threads: opts.threads,
     models: storeModels(store),
     capture: writer ? storeCapture(store, writer) : undefined,

@@ -48,6 +48,8 @@ export type ErrorCode =
   | 'E_COMMAND_INVALID'
   | 'E_COMMAND_UNKNOWN'
   | 'E_QUEUE_FULL'
+  | 'E_OUTBOX_FULL'
+  | 'E_TENSOR_TOO_LARGE'
   | 'E_CANCELLED'
   | 'E_EXPIRED'
   | 'E_JOB_UNKNOWN'

@@ -43,7 +43,7 @@ export function importNpy(store: Store, model: string, files: Map<string, string
     if (counts.size > 1) throw new EdgeqError('E_SHAPE_MISMATCH', `the input arrays hold different sample counts (${[...counts].join(', ')})`);
     const total = [...counts][0] ?? 0;
     const labels = opts.labels ? readLabels(opts.labels, total, 'samples', true) : undefined;
-    const outcomes: Record<OfferOutcome, number> = { kept: 0, 'sampled-out': 0, duplicate: 0, 'reservoir-full': 0, disabled: 0 };
+    const outcomes: Record<OfferOutcome, number> = { kept: 0, 'sampled-out': 0, duplicate: 0, 'reservoir-full': 0, disabled: 0, 'store-full': 0 };
     const batch = 64;
     for (let start = 0; start < total; start += batch) {
       const n = Math.min(batch, total - start);

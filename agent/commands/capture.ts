@@ -87,7 +87,7 @@ export function captureCommand(y: Argv): Argv {
           progress.done();
           if (a.json) return printJson(r);
           const o = r.outcomes;
-          process.stdout.write(`${r.model}: ${r.offered} samples offered: ${o.kept} kept, ${o.duplicate} duplicates, ${o['reservoir-full']} over the caps; the store now keeps ${r.stats.kept} (${formatBytes(r.stats.bytes)})\n`);
+          process.stdout.write(`${r.model}: ${r.offered} samples offered: ${o.kept} kept, ${o.duplicate} duplicates, ${o['reservoir-full']} over the caps${o['store-full'] ? `, ${o['store-full']} refused (the store is at store.maxBytes)` : ''}; the store now keeps ${r.stats.kept} (${formatBytes(r.stats.bytes)})\n`);
         }),
       )
       .command(

@@ -1,6 +1,6 @@
 /** Options and set-up that commands working on the device's store share. */
 import { Store } from '../store/index.js';
-import { loadConfig, type AgentConfig } from '../config.js';
+import { loadConfig, storeLimits, type AgentConfig } from '../config.js';
 import { resolveStateDir, storeFile } from '../state.js';
 
 export interface StoreArgs {
@@ -25,7 +25,9 @@ export interface Opened {
 export function openStateStore(args: StoreArgs): Opened {
   const config = args.config ? loadConfig(args.config) : undefined;
   const stateDir = resolveStateDir({ flag: args['state-dir'], config: config?.stateDir });
-  return { store: Store.open(storeFile(stateDir)), stateDir, config };
+  const store = Store.open(storeFile(stateDir));
+  store.setLimits(storeLimits(config));
+  return { store, stateDir, config };
 }
 
 /** Runs `fn` with the store open and closes it afterwards, whatever happens. */

@@ -54,6 +54,7 @@ async function runServe(args: ServeArgs): Promise<void> {
       capture: args.capture,
       threads: countArg('--threads', args.threads),
       probation: probationPolicy(config?.deploy),
+      captureQueue: { maxQueue: config?.capture?.maxQueue, maxQueueBytes: config?.capture?.maxQueueBytes },
     }).catch((e: unknown) => {
       store.close();
       throw e;

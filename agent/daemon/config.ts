@@ -9,7 +9,8 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, w
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { EdgeqError } from '../../quant/errors.js';
-import { brokerUrlProblem, loadConfig, type AgentConfig, type CapturePolicyConfig, type DeployConfig, type QuantizeConfig, type ServeConfig } from '../config.js';
+import { brokerUrlProblem, loadConfig, storeLimits, type AgentConfig, type CapturePolicyConfig, type DeployConfig, type QuantizeConfig, type ServeConfig } from '../config.js';
+import type { StoreLimits } from '../store/index.js';
 import { COMMAND_ARGS, DEFAULT_MAX_COMMAND_BYTES, DEFAULT_PREFIX, DEVICE_ID, PREFIX } from '../protocol/messages.js';
 import { resolveStateDir, socketFile } from '../state.js';
 import { describeIssues } from '../protocol/report.js';
@@ -65,7 +66,9 @@ export interface DaemonConfig {
   threads?: number;
   quantize: QuantizeConfig;
   endpoint: false | (ServeConfig & { socket: string });
-  capture: { enabled: boolean; policies: Record<string, CapturePolicyConfig> };
+  capture: { enabled: boolean; policies: Record<string, CapturePolicyConfig>; maxQueue?: number; maxQueueBytes?: number };
+  /** The store's caps from the config (store.maxBytes, outbox.*, runs.keep). */
+  limits: Partial<StoreLimits>;
   import: { allow: string[]; maxBytes: number };
   deploy: DeployConfig;
   queueMax: number;
@@ -242,7 +245,12 @@ export function resolveDaemonConfig(flags: RunFlags, ro: ResolveOptions = {}): D
     ...(threads !== undefined ? { threads } : {}),
     quantize: { ...file.quantize },
     endpoint,
-    capture: { enabled: file.capture?.enabled ?? true, policies: file.capture?.policies ?? {} },
+    capture: {
+      enabled: file.capture?.enabled ?? true, policies: file.capture?.policies ?? {},
+      ...(file.capture?.maxQueue !== undefined ? { maxQueue: file.capture.maxQueue } : {}),
+      ...(file.capture?.maxQueueBytes !== undefined ? { maxQueueBytes: file.capture.maxQueueBytes } : {}),
+    },
+    limits: storeLimits(file),
     import: { allow: file.import?.allow ?? [], maxBytes: file.import?.maxBytes ?? 256 * 1024 * 1024 },
     deploy: file.deploy ?? {},
     queueMax: file.queue?.max ?? 16,

@@ -21,7 +21,7 @@ import { Metrics } from './metrics.js';
 import { isModelName } from './names.js';
 import { SessionPool } from './sessions.js';
 import type { Lease } from './sessions.js';
-import { decodeJsonBody, decodeNpyBody, inputSpecs, outputToJson, toSample } from './tensors.js';
+import { decodeJsonBody, decodeNpyBody, DEFAULT_MAX_ELEMENTS, inputSpecs, outputToJson, toSample } from './tensors.js';
 import type { DecodedInput } from './tensors.js';
 import type { CaptureSink, ModelSource } from './types.js';
 
@@ -44,6 +44,8 @@ export interface ServerOptions {
   allowNonLoopback?: boolean;
   /** Request body cap, default 16 MiB. */
   maxBodyBytes?: number;
+  /** Largest input tensor, in elements (default DEFAULT_MAX_ELEMENTS). */
+  maxElements?: number;
   /** ONNX Runtime intra-op threads per session (default: ORT's choice). */
   threads?: number;
   models: ModelSource;
@@ -81,6 +83,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   E_METHOD_NOT_ALLOWED: 405,
   E_TIMEOUT: 408,
   E_BODY_TOO_LARGE: 413,
+  E_TENSOR_TOO_LARGE: 413,
   E_MODEL_UNSUPPORTED: 501,
   E_UNAVAILABLE: 503,
 };
@@ -257,6 +260,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   }
   const maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
   if (!Number.isSafeInteger(maxBody) || maxBody <= 0) throw new EdgeqError('E_CONFIG_INVALID', `maxBodyBytes must be a positive whole number, got ${maxBody}`);
+  const maxElements = opts.maxElements ?? DEFAULT_MAX_ELEMENTS;
+  if (!Number.isSafeInteger(maxElements) || maxElements <= 0) throw new EdgeqError('E_CONFIG_INVALID', `maxElements must be a positive whole number, got ${maxElements}`);
   if (opts.threads !== undefined && (!Number.isInteger(opts.threads) || opts.threads < 1)) throw new EdgeqError('E_CONFIG_INVALID', `threads must be a positive whole number, got ${opts.threads}`);
 
   const models = opts.models;
@@ -352,7 +357,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const m = lease.model;
       ctx.version = m.version;
       const specs = inputSpecs(lease.session);
-      inputs = isNpyBody(req, body) ? decodeNpyBody(body, specs) : decodeJsonBody(body, specs);
+      inputs = isNpyBody(req, body) ? decodeNpyBody(body, specs, maxElements) : decodeJsonBody(body, specs, maxElements);
       const feeds: Record<string, ort.Tensor> = {};
       for (const d of inputs) feeds[d.name] = new ort.Tensor(d.dtype as 'float32', d.data as Float32Array, d.shape);
       const t0 = performance.now();

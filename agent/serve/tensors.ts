@@ -98,6 +98,15 @@ export function checkShape(spec: InputSpec, shape: readonly number[]): void {
   if (shape.some((d) => d === 0)) throw new EdgeqError('E_SHAPE_MISMATCH', `input ${quote(spec.name)} has shape ${fmtShape(shape)}, which holds no values`);
 }
 
+/** Largest input tensor a request may carry, in elements, unless the server is told otherwise (serve.maxElements). */
+export const DEFAULT_MAX_ELEMENTS = 16 * 1024 * 1024;
+
+/** Refuses a tensor of more than `max` elements before anything is allocated for it. */
+function checkElements(name: string, shape: readonly number[], max: number): void {
+  const n = product(shape);
+  if (n > max) throw new EdgeqError('E_TENSOR_TOO_LARGE', `input ${quote(name)} has shape ${fmtShape(shape)}: ${n} elements, more than the ${max} this endpoint accepts (serve.maxElements)`);
+}
+
 function product(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
@@ -180,7 +189,7 @@ function fill(data: unknown[], shape: number[], write: Writer, name: string): vo
   walk(data, 0);
 }
 
-function decodeJsonInput(spec: InputSpec, value: unknown, bodyLength: number): DecodedInput {
+function decodeJsonInput(spec: InputSpec, value: unknown, bodyLength: number, maxElements: number): DecodedInput {
   const name = spec.name;
   const dtype = ensureServed(spec);
   if (!isObject(value)) throw new EdgeqError('E_INPUT_INVALID', `input ${quote(name)} must be an object {"shape": [...], "data": [...]}, got ${describe(value)}`);
@@ -213,6 +222,7 @@ function decodeJsonInput(spec: InputSpec, value: unknown, bodyLength: number): D
     if (product(declared) !== data.length) throw new EdgeqError('E_SHAPE_MISMATCH', `input ${quote(name)}: shape ${fmtShape(declared)} holds ${product(declared)} values, data has ${data.length}`);
   }
   checkShape(spec, shape);
+  checkElements(name, shape, maxElements);
   const n = product(shape);
   // Every value takes at least one byte of the body: a bigger count means ragged data, and
   // checking first keeps a lying shape from allocating memory.
@@ -234,7 +244,7 @@ function decodeJsonInput(spec: InputSpec, value: unknown, bodyLength: number): D
 }
 
 /** `{"inputs": {"<name>": {"shape": [...], "data": [...], "dtype"?: "..."}}}`. */
-export function decodeJsonBody(body: Buffer, specs: InputSpec[]): DecodedInput[] {
+export function decodeJsonBody(body: Buffer, specs: InputSpec[], maxElements = DEFAULT_MAX_ELEMENTS): DecodedInput[] {
   let parsed: unknown;
   try {
     parsed = JSON.parse(body.toString('utf8'));
@@ -254,11 +264,11 @@ export function decodeJsonBody(body: Buffer, specs: InputSpec[]): DecodedInput[]
   }
   const missing = names.filter((n) => !Object.hasOwn(inputs, n));
   if (missing.length) throw new EdgeqError('E_INPUT_MISSING', `the request lacks input${missing.length > 1 ? 's' : ''} ${missing.map(quote).join(', ')}`);
-  return specs.map((s) => decodeJsonInput(s, inputs[s.name], body.length));
+  return specs.map((s) => decodeJsonInput(s, inputs[s.name], body.length, maxElements));
 }
 
 /** An .npy body: the one input of a single-input model, dtype exactly the model's. */
-export function decodeNpyBody(body: Buffer, specs: InputSpec[]): DecodedInput[] {
+export function decodeNpyBody(body: Buffer, specs: InputSpec[], maxElements = DEFAULT_MAX_ELEMENTS): DecodedInput[] {
   if (specs.length !== 1) {
     throw new EdgeqError('E_INPUT_MISSING', `the model takes ${specs.length} inputs (${specs.map((s) => s.name).join(', ')}); an .npy body carries one — send JSON {"inputs": {...}}`);
   }
@@ -267,6 +277,7 @@ export function decodeNpyBody(body: Buffer, specs: InputSpec[]): DecodedInput[] 
   const npy = parseNpy(body, 'the request body');
   if (npy.dtype !== dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `input ${quote(spec.name)} is ${dtype}, the .npy body holds ${npy.dtype}`);
   checkShape(spec, npy.shape);
+  checkElements(spec.name, npy.shape, maxElements);
   return [{ name: spec.name, dtype, shape: npy.shape, data: npy.data as InputArray }];
 }
 

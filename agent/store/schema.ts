@@ -153,4 +153,12 @@ export const MIGRATIONS: readonly string[] = [
     since INTEGER NOT NULL
   );
   `,
+  // 5: resource bounds: which outbox messages may be dropped when the outbox is over its cap,
+  // and captured samples refused because the store reached its size cap.
+  `
+  -- 2: telemetry; 1: a reply that is not a command's final answer (accepted, running, rejected:
+  -- superseded by a later reply, or given afresh when the command comes again); 0: never dropped.
+  ALTER TABLE outbox ADD COLUMN droppable INTEGER NOT NULL DEFAULT 0 CHECK (droppable IN (0, 1, 2));
+  ALTER TABLE capture_stats ADD COLUMN store_full INTEGER NOT NULL DEFAULT 0;
+  `,
 ];

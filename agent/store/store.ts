@@ -25,8 +25,8 @@ import { checkSample, checkSource, sampleHash, splitOf } from './sample.js';
 import { MIGRATIONS } from './schema.js';
 import { isSqliteError, openDatabase, type Database, type Statement } from './sqlite.js';
 import {
-  DEFAULT_POLICY,
-  type CapturePolicy, type CaptureStats, type ModelSummary, type ModelVersion, type NewModelVersion, type OfferedSample, type OfferOutcome, type PendingActivation,
+  DEFAULT_POLICY, DEFAULT_STORE_LIMITS,
+  type CapturePolicy, type CaptureStats, type ModelSummary, type ModelVersion, type NewModelVersion, type OfferedSample, type OfferOutcome, type PendingActivation, type StoreLimits,
   type JobRow, type NewJob, type OutboxMessage, type OutboxProperties, type OutboxRow, type ReplyTo, type RunError, type RunRow, type RunState, type SampleTensor, type Split, type StoredSample, type TensorSpec,
 } from './types.js';
 
@@ -49,7 +49,7 @@ interface VersionRow {
 }
 interface PendingRow { model: string; version: number; fallback_version: number; served_ok: number; failures: number; starts: number; last_error: string | null; since: number }
 interface PolicyRow { enabled: number; rate: number; max_samples: number; max_bytes: number; retention_ms: number }
-interface StatsRow { seen: number; duplicates: number; sampled_out: number; evicted: number; refused: number; reservoir_full: number; disabled: number; pruned: number }
+interface StatsRow { seen: number; duplicates: number; sampled_out: number; evicted: number; refused: number; reservoir_full: number; disabled: number; pruned: number; store_full: number }
 interface RunDbRow {
   id: string; kind: string; params: string; state: RunState; progress: number | null; result: string | null; error_code: string | null; error_message: string | null;
   created_at: number; started_at: number | null; finished_at: number | null; owner_pid: number | null; owner_token: string | null;
@@ -168,6 +168,19 @@ function toVersion(r: VersionRow): ModelVersion {
   };
 }
 
+/** 2: telemetry; 1: a reply that is not a command's final answer; 0: a final reply or a report (never dropped). */
+function droppability(msg: OutboxMessage): 0 | 1 | 2 {
+  if (msg.kind === 'telemetry') return 2;
+  if (msg.kind === 'report') return 0;
+  let state: unknown;
+  try {
+    state = (JSON.parse(msg.payload) as { state?: unknown }).state;
+  } catch {
+    return 0;
+  }
+  return state === 'succeeded' || state === 'failed' || state === 'cancelled' ? 0 : 1;
+}
+
 function toPending(r: PendingRow): PendingActivation {
   return {
     model: r.model, version: r.version, fallbackVersion: r.fallback_version, servedOk: r.served_ok, failures: r.failures,
@@ -235,9 +248,31 @@ export class Store {
   private readonly db: Database;
   private readonly statements = new Map<string, Statement>();
 
+  private limits: StoreLimits = { ...DEFAULT_STORE_LIMITS };
+  private outboxDropped = 0;
+
   private constructor(path: string, db: Database) {
     this.path = path;
     this.db = db;
+  }
+
+  /** Sets some of the caps (StoreLimits); the rest keep their values. */
+  setLimits(l: Partial<StoreLimits>): StoreLimits {
+    for (const [k, v] of Object.entries(l)) {
+      if (v === undefined) continue;
+      if (!(k in DEFAULT_STORE_LIMITS)) throw argError(`unknown store limit ${JSON.stringify(k)}`);
+      if (!Number.isSafeInteger(v) || v < 1) throw argError(`store limit ${k} must be a whole number, 1 or more, got ${JSON.stringify(v)}`);
+      this.limits[k as keyof StoreLimits] = v;
+    }
+    return { ...this.limits };
+  }
+
+  /** Bytes of the database's pages in use (free pages not counted). */
+  usedBytes(): number {
+    const page = this.db.pragma('page_size', { simple: true }) as number;
+    const pages = this.db.pragma('page_count', { simple: true }) as number;
+    const free = this.db.pragma('freelist_count', { simple: true }) as number;
+    return (pages - free) * page;
   }
 
   /**
@@ -644,7 +679,7 @@ export class Store {
     if (prepared.length === 0) return [];
     return this.write(() => {
       const policy = this.policyOf(name);
-      const d = { seen: prepared.length, duplicates: 0, sampledOut: 0, evicted: 0, reservoirFull: 0, disabled: 0 };
+      const d = { seen: prepared.length, duplicates: 0, sampledOut: 0, evicted: 0, reservoirFull: 0, disabled: 0, storeFull: 0 };
       const outcomes: OfferOutcome[] = [];
       // An import is asked for by a person: the policy's switch and rate govern traffic the
       // endpoint sees, not that; the caps, dedup and the reservoir still apply.
@@ -653,6 +688,7 @@ export class Store {
         outcomes.push(...prepared.map((): OfferOutcome => 'disabled'));
       } else {
         let { n: count, b: bytes } = this.q<{ n: number; b: number }>('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS b FROM samples WHERE model = ?').get(name)!;
+        let used = this.usedBytes();
         for (const s of prepared) {
           if (!opts.imported && !(rand() < policy.rate)) {
             d.sampledOut++;
@@ -687,6 +723,15 @@ export class Store {
             outcomes.push('reservoir-full');
             continue;
           }
+          // The store's own cap (all models, runs, outbox): a sample that only fits by evicting
+          // others of its model still goes in, since evictions free about what it takes.
+          const freed = victims.length ? bytes - (b - s.bytes) : 0;
+          if (used - freed + s.bytes > this.limits.maxBytes) {
+            d.storeFull++;
+            outcomes.push('store-full');
+            continue;
+          }
+          used += s.bytes - freed;
           for (const id of victims) this.q('DELETE FROM samples WHERE id = ?').run(id);
           d.evicted += victims.length;
           const info = this.q('INSERT INTO samples (model, sha256, split, source, label, at, bytes, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
@@ -703,8 +748,8 @@ export class Store {
       }
       this.q(
         `UPDATE capture_stats SET seen = seen + ?, duplicates = duplicates + ?, sampled_out = sampled_out + ?, evicted = evicted + ?,
-           reservoir_full = reservoir_full + ?, disabled = disabled + ? WHERE model = ?`,
-      ).run(d.seen, d.duplicates, d.sampledOut, d.evicted, d.reservoirFull, d.disabled, name);
+           reservoir_full = reservoir_full + ?, disabled = disabled + ?, store_full = store_full + ? WHERE model = ?`,
+      ).run(d.seen, d.duplicates, d.sampledOut, d.evicted, d.reservoirFull, d.disabled, d.storeFull, name);
       return outcomes;
     });
   }
@@ -715,7 +760,7 @@ export class Store {
     const k = this.q<{ n: number; b: number }>('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS b FROM samples WHERE model = ?').get(name)!;
     return {
       seen: s.seen, kept: k.n, bytes: k.b, duplicates: s.duplicates, sampledOut: s.sampled_out, evicted: s.evicted,
-      refused: s.refused, reservoirFull: s.reservoir_full, disabled: s.disabled, pruned: s.pruned,
+      refused: s.refused, reservoirFull: s.reservoir_full, disabled: s.disabled, pruned: s.pruned, storeFull: s.store_full,
     };
   }
 
@@ -793,6 +838,11 @@ export class Store {
     this.write(() => {
       this.q('INSERT INTO runs (id, kind, params, state, created_at, owner_pid, owner_token) VALUES (?, ?, ?, \'queued\', ?, ?, ?)')
         .run(id, kind, json, Date.now(), process.pid, processToken());
+      // Finished runs beyond the newest keepRuns go: a daemon that optimizes every hour for years stays bounded.
+      this.q(
+        `DELETE FROM runs WHERE state IN ('succeeded', 'failed', 'interrupted', 'cancelled') AND id NOT IN (
+           SELECT id FROM runs WHERE state IN ('succeeded', 'failed', 'interrupted', 'cancelled') ORDER BY created_at DESC, rowid DESC LIMIT ?)`,
+      ).run(this.limits.keepRuns);
     }, true);
     return this.getRun(id)!;
   }
@@ -908,7 +958,38 @@ export class Store {
   /** In a transaction. */
   private insertOutbox(msg: OutboxMessage): number {
     const { qos, properties } = checkOutboxMessage(msg);
-    return Number(this.q('INSERT INTO outbox (topic, payload, kind, qos, created_at, properties) VALUES (?, ?, ?, ?, ?, ?)').run(msg.topic, msg.payload, msg.kind, qos, Date.now(), properties).lastInsertRowid);
+    const id = Number(this.q('INSERT INTO outbox (topic, payload, kind, qos, created_at, properties, droppable) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(msg.topic, msg.payload, msg.kind, qos, Date.now(), properties, droppability(msg)).lastInsertRowid);
+    this.trimOutbox();
+    return id;
+  }
+
+  /** In a transaction: drops the oldest droppable messages (telemetry first) until the outbox is within its caps, or nothing droppable is left. */
+  private trimOutbox(): void {
+    let { n, b } = this.q<{ n: number; b: number }>('SELECT count(*) AS n, coalesce(sum(length(CAST(payload AS BLOB))), 0) AS b FROM outbox').get()!;
+    const { outboxMaxMessages: maxN, outboxMaxBytes: maxB } = this.limits;
+    if (n <= maxN && b <= maxB) return;
+    const victims: number[] = [];
+    for (const r of this.q<{ id: number; bytes: number }>('SELECT id, length(CAST(payload AS BLOB)) AS bytes FROM outbox WHERE droppable > 0 ORDER BY droppable DESC, id').iterate()) {
+      if (n <= maxN && b <= maxB) break;
+      victims.push(r.id);
+      n--;
+      b -= r.bytes;
+    }
+    for (const id of victims) this.q('DELETE FROM outbox WHERE id = ?').run(id);
+    this.outboxDropped += victims.length;
+  }
+
+  /**
+   * The outbox's size against its caps: `dropped` counts messages trimmed since the store was
+   * opened; `full` says it is over a cap with only messages that must not be dropped (final
+   * replies, reports), so the daemon takes no new jobs until the broker has acknowledged some.
+   */
+  outboxState(): { messages: number; bytes: number; dropped: number; full: boolean } {
+    const sizes = (where: string) => this.q<{ n: number; b: number }>(`SELECT count(*) AS n, coalesce(sum(length(CAST(payload AS BLOB))), 0) AS b FROM outbox ${where}`).get()!;
+    const all = sizes('');
+    const kept = sizes('WHERE droppable = 0');
+    return { messages: all.n, bytes: all.b, dropped: this.outboxDropped, full: kept.n >= this.limits.outboxMaxMessages || kept.b >= this.limits.outboxMaxBytes };
   }
 
   /** The oldest `limit` messages, oldest first, without removing them. */

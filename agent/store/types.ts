@@ -59,6 +59,24 @@ export interface NewModelVersion {
   source?: string;
 }
 
+/** Caps on what the store holds (agent config: store.maxBytes, outbox.*, runs.keep). */
+export interface StoreLimits {
+  /** Captured samples are refused ('store-full') once the pages in use plus the sample exceed this. */
+  maxBytes: number;
+  /** Past either outbox cap the oldest telemetry, then the oldest non-final replies, are dropped; final replies and reports never. */
+  outboxMaxMessages: number;
+  outboxMaxBytes: number;
+  /** Finished runs kept (newest first); older ones are deleted when a run is created. */
+  keepRuns: number;
+}
+
+export const DEFAULT_STORE_LIMITS: StoreLimits = {
+  maxBytes: 1024 * 1024 * 1024,
+  outboxMaxMessages: 10_000,
+  outboxMaxBytes: 16 * 1024 * 1024,
+  keepRuns: 1000,
+};
+
 /** A version activated but not yet confirmed by serving (store migration 4). */
 export interface PendingActivation {
   model: string;
@@ -116,12 +134,12 @@ export const DEFAULT_POLICY: Readonly<CapturePolicy> = Object.freeze({
  *   would have to make room for it (also: a sample larger than maxBytes, or maxSamples 0);
  * - `disabled`: the model's capture is off.
  */
-export type OfferOutcome = 'kept' | 'sampled-out' | 'duplicate' | 'reservoir-full' | 'disabled';
+export type OfferOutcome = 'kept' | 'sampled-out' | 'duplicate' | 'reservoir-full' | 'disabled' | 'store-full';
 
 /**
  * Counters since the model was created, and the current kept set (`kept`, `bytes`).
  * Every valid offered sample is counted in `seen` and in exactly one outcome, so
- * seen = kept + evicted + pruned + duplicates + sampledOut + reservoirFull + disabled.
+ * seen = kept + evicted + pruned + duplicates + sampledOut + reservoirFull + disabled + storeFull.
  * `refused` counts samples of batches refused by validation (never stored, not in `seen`).
  */
 export interface CaptureStats {
@@ -134,6 +152,8 @@ export interface CaptureStats {
   refused: number;
   reservoirFull: number;
   disabled: number;
+  /** Refused because the store reached its size cap (StoreLimits.maxBytes). */
+  storeFull: number;
   pruned: number;
 }
 
