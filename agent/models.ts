@@ -3,7 +3,7 @@
  * state directory under its sha256 (the copy is what serves and calibrates, so moving or editing
  * the original changes nothing).
  */
-import { closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, fchmodSync, fsyncSync, mkdirSync, openSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { EdgeqError, fsError } from '../quant/errors.js';
 import { sha256File } from '../quant/hash.js';
@@ -36,6 +36,8 @@ function storeFile(src: string, dir: string, sha256: string): string {
     copyFileSync(src, tmp);
     const fd = openSync(tmp, 'r+');
     try {
+      // copyFile keeps the source's mode; the state directory's files are its owner's only.
+      fchmodSync(fd, 0o600);
       fsyncSync(fd);
     } finally {
       closeSync(fd);

@@ -2,6 +2,7 @@
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import './ort-env.js';
 import * as ort from 'onnxruntime-node';
 import { EdgeqError, fsError } from './errors.js';
 import { decodeModel } from './onnx/model.js';

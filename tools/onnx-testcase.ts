@@ -9,6 +9,7 @@ import { basename, join, relative } from 'node:path';
 import { fromBinary } from '@bufbuild/protobuf';
 import { TensorProtoSchema } from 'onnx-buf';
 import type { TensorProto } from 'onnx-buf';
+import '../quant/ort-env.js';
 import * as ort from 'onnxruntime-node';
 import { readModel, encodeModel } from '../quant/onnx/model.js';
 import { DT, dataTypeName, elementCount, tensorValues } from '../quant/onnx/tensor.js';

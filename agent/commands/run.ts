@@ -88,6 +88,9 @@ async function runDaemon(a: RunArgs): Promise<void> {
     };
     const cfg = resolveDaemonConfig(flags);
     shutdownTimeoutMs = cfg.shutdownTimeoutMs;
+    // Everything the daemon creates (store, models, jobs' temporary files) is its user's alone;
+    // the endpoint's socket is opened to the group explicitly.
+    process.umask(0o077);
     daemon = new Daemon(cfg);
   } catch (e) {
     fail(e, 'config', a.json);

@@ -43,6 +43,7 @@ export function serveCommand(y: Argv): Argv {
 
 async function runServe(args: ServeArgs): Promise<void> {
   try {
+    process.umask(0o077); // as `edgeq run`: the store and captured inputs are the user's alone
     const { store, stateDir, config } = openStateStore(args);
     const serve = config?.serve ?? {};
     const port = countArg('--port', args.port, 0) ?? serve.port;
