@@ -4,7 +4,9 @@
  * endpoint with ONNX Runtime, a real http server for deploys.
  */
 import test from 'ava';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { checkFileSize, download } from '../../agent/daemon/import-source.js';
 import { parseConfig, storeLimits } from '../../agent/config.js';
 import { deployManifest } from '../../agent/deploy.js';
 import { parseCommand } from '../../agent/protocol/messages.js';
@@ -153,6 +155,20 @@ test('deploy.maxBytes: an artifact of exactly the cap is deployed, one byte over
   t.is(server.requests.length, 0, 'refused before any request');
   const r = await deployManifest(store, stateDir, manifestFor('m', '1', server.url('/m.onnx'), body), { config: { maxBytes: body.length, minFreeBytes: 0 } });
   t.is(r.version, 1);
+});
+
+test('import.maxBytes: a file or download of exactly the cap is taken, one byte more is E_BODY_TOO_LARGE', async (t) => {
+  const dir = tempDir(t, 'edgeq-limits-import-');
+  const file = join(dir, 'x.npy');
+  writeFileSync(file, Buffer.alloc(1000));
+  t.notThrows(() => checkFileSize(file, 1000));
+  t.throws(() => checkFileSize(file, 999), { message: /is 1000 bytes; imports are limited to 999 \(config import.maxBytes\)/ });
+  const server = await startServer(t);
+  server.route('/x.npy', { body: Buffer.alloc(1000, 7), modes: ['ok'] });
+  const url = new URL(server.url('/x.npy'));
+  t.is(await download(url, join(dir, 'ok.npy'), 1000, [url.origin + '/']), 1000);
+  const e = await t.throwsAsync(download(url, join(dir, 'over.npy'), 999, [url.origin + '/']));
+  t.is((e as { code?: string }).code, 'E_BODY_TOO_LARGE');
 });
 
 test('config: the limit keys are checked and reach the store', (t) => {
