@@ -13,11 +13,15 @@ import { hostname } from 'node:os';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import {
   COMMAND_ARGS,
+  explainTlsError,
   fleetFilter,
   parseReply,
   parseReportPayload,
   parseStatus,
   parseTopic,
+  reasonText,
+  refusalCode,
+  tlsDetail,
   topic,
   type Channel,
   type CommandType,
@@ -88,6 +92,22 @@ function isDataError(e: unknown): boolean {
   return /^2[23][0-9A-Z]{3}$/.test(code) || code.startsWith('SQLITE_CONSTRAINT') || code === 'SQLITE_MISMATCH' || code === 'SQLITE_TOOBIG';
 }
 
+/** Why a connection attempt failed, in one line: TLS refusals and CONNACK reason codes explained, in the CLI's flag names. */
+function describeConnectError(e: Error, o: BrokerOptions): string {
+  const tls = explainTlsError(e);
+  if (tls) {
+    const fix =
+      tls.kind === 'certificate-required' || tls.kind === 'handshake-failure' ? (o.tlsCert ? '' : '; give the controller its certificate: --tls-cert and --tls-key')
+      : tls.kind === 'unknown-ca' ? `; the certificate${o.tlsCert ? ` ${o.tlsCert}` : ''} must be issued by the CA in the broker's cafile`
+      : tls.by === 'client' && tls.kind !== 'server-name' ? "; --tls-ca must be the CA that issued the broker's certificate"
+      : '';
+    return `${tls.reason}${fix} (${tlsDetail(e)})`;
+  }
+  const rc = refusalCode(e);
+  if (rc !== undefined) return `the broker refused the connection: ${reasonText(rc)} (reason code ${rc})`;
+  return e.message || (e as NodeJS.ErrnoException).code || 'error';
+}
+
 export class FleetController extends EventEmitter<ControllerEvents> {
   readonly clientId: string;
   readonly prefix: string;
@@ -148,7 +168,7 @@ export class FleetController extends EventEmitter<ControllerEvents> {
         client.end(true);
         reject(new FleetError('E_BROKER', `cannot connect to the broker at ${opts.broker}: ${why}`));
       };
-      const onError = (e: Error) => fail(e.message || (e as NodeJS.ErrnoException).code || 'error');
+      const onError = (e: Error) => fail(describeConnectError(e, opts));
       const onClose = () => fail('connection closed');
       const onConnect = () => {
         cleanup();
@@ -180,9 +200,22 @@ export class FleetController extends EventEmitter<ControllerEvents> {
     if (what.reply) filters.push(...this.filters('reply', what.reply));
     if (what.report) filters.push(...this.filters('report', what.report));
     if (filters.length === 0) return;
-    const granted = await this.client.subscribeAsync(filters, { qos: 1 });
-    const refused = granted.filter((g) => g.qos > 2);
-    if (refused.length) throw new FleetError('E_SUBSCRIBE', `the broker refused ${refused.map((g) => g.topic).join(', ')} (reason ${refused[0].qos}: not authorised, or shared subscriptions unsupported?)`);
+    // mqtt.js fails the call when the SUBACK refuses any filter; its reason codes (one per filter, in order) say which.
+    const codes = await this.client.subscribeAsync(filters, { qos: 1 }).then(
+      (granted) => granted.map((g) => g.qos as number),
+      (e: unknown) => {
+        const granted = (e as { packet?: { granted?: unknown[] } }).packet?.granted;
+        if (!granted) throw e;
+        return granted.map(Number);
+      },
+    );
+    const refused = filters.map((f, i) => ({ f, rc: codes[i] })).filter((x) => x.rc >= 0x80);
+    if (refused.length) {
+      throw new FleetError(
+        refused[0].rc === 135 ? 'E_NOT_AUTHORIZED' : 'E_SUBSCRIBE',
+        `the broker refused the subscription to ${refused.map((x) => `${x.f} (${reasonText(x.rc)})`).join(', ')}${refused.some((x) => x.rc === 135) ? ': its ACL must let the controller read <prefix>/+/status, reply and report (docs/mqtt-security.md)' : ''}`,
+      );
+    }
   }
 
   /**
@@ -222,7 +255,8 @@ export class FleetController extends EventEmitter<ControllerEvents> {
     const worker = async () => {
       while (next < deviceIds.length) {
         const id = deviceIds[next++];
-        await this.client.publishAsync(topic(this.prefix, id, 'cmd'), payload, {
+        const t = topic(this.prefix, id, 'cmd');
+        await this.client.publishAsync(t, payload, {
           qos: 1,
           properties: {
             responseTopic: topic(this.prefix, id, 'reply'),
@@ -230,6 +264,13 @@ export class FleetController extends EventEmitter<ControllerEvents> {
             contentType: 'application/json',
             ...(expireSeconds ? { messageExpiryInterval: expireSeconds } : {}),
           },
+        }).catch((e: unknown) => {
+          const rc = refusalCode(e);
+          if (rc === undefined) throw e;
+          throw new FleetError(
+            rc === 135 ? 'E_NOT_AUTHORIZED' : 'E_PUBLISH',
+            `the broker refused the command to ${t}: ${reasonText(rc)} (reason code ${rc})${rc === 135 ? ': its ACL must let the controller write <prefix>/+/cmd (docs/mqtt-security.md)' : ''}`,
+          );
         });
       }
     };

@@ -28,7 +28,7 @@ import { detectReport } from '../commands/detect.js';
 import { chooseProfile, localCpuAsync, type CpuFacts, type ProfileChoice } from '../detect.js';
 import { deviceFacts } from '../device.js';
 import { jsonLog, startEndpoint, type Endpoint, type Log } from '../endpoint.js';
-import { MqttLink, OutboxSender, publishProperties } from '../link/index.js';
+import { backoffDelay, BrokerRefusal, certificateCommonName, MqttLink, OutboxSender, publishProperties } from '../link/index.js';
 import {
   COMMAND_ARGS, IMMEDIATE, PROTOCOL_VERSION, TERMINAL, parseCommand, parseStatus, topic,
   type Channel, type Command, type Reply, type ReplyState, type Status,
@@ -99,6 +99,9 @@ export class Daemon {
   private readonly notify: SystemdNotifier;
   /** Since when queued jobs have waited with none running (the watchdog's runner check). */
   private idleWithQueueSince: number | undefined;
+  /** Session set-ups (subscribe, birth) the broker refused in a row on this connection, and the timer of the next try. */
+  private setupRefusals = 0;
+  private setupRetry: NodeJS.Timeout | undefined;
 
   constructor(private readonly cfg: DaemonConfig, log: Log = jsonLog) {
     this.log = (e) => log({ component: 'daemon', ...e });
@@ -133,6 +136,7 @@ export class Daemon {
       mkdirSync(tmp, { recursive: true, mode: 0o700 });
       process.env.TMPDIR = tmp;
       this.store = Store.open(storeFile(c.stateDir));
+      this.store.setLimits(c.limits);
       this.cpu = await localCpuAsync();
       this.profile = chooseProfile(this.cpu);
       this.seq = readSeq(c.stateDir);
@@ -143,7 +147,8 @@ export class Daemon {
       this.recoverJobs();
       if (c.endpoint) {
         this.endpoint = await startEndpoint(this.store, {
-          ...c.endpoint, capture: c.capture.enabled, threads: c.threads, log: (e) => this.log({ ...e, component: 'endpoint' }),
+          ...c.endpoint, capture: c.capture.enabled, captureQueue: { maxQueue: c.capture.maxQueue, maxQueueBytes: c.capture.maxQueueBytes },
+          threads: c.threads, log: (e) => this.log({ ...e, component: 'endpoint' }),
           probation: probationPolicy(c.deploy),
           // An automatic rollback changes what the device runs: the fleet sees it in the birth.
           onProbation: (e) => {
@@ -176,7 +181,10 @@ export class Daemon {
           return { topic: this.t('status'), payload: JSON.stringify(this.offlineStatus('connection lost')) };
         },
         onConnect: () => this.onConnect(),
-        onDisconnect: () => this.outbox?.onDisconnect(),
+        onDisconnect: () => {
+          this.cancelSetupRetry();
+          this.outbox?.onDisconnect();
+        },
         onMessage: (t, payload, packet) => this.onMessage(t, payload, packet),
         log: (e) => this.log({ ...e, component: 'link' }),
       });
@@ -239,6 +247,7 @@ export class Daemon {
         this.log({ level: 'warn', event: 'offline-status-failed', message: (e as Error).message });
       }
     }
+    this.cancelSetupRetry();
     this.outbox?.stop();
     await this.link?.stop();
     if (this.endpoint) await within(this.endpoint.close(), 3000);
@@ -328,19 +337,60 @@ export class Daemon {
   // ---- the link -------------------------------------------------------------------------------
 
   private onConnect(): void {
-    void (async () => {
-      try {
-        // Commands first, so a controller that sees the birth can already send; then the birth;
-        // then our own status, whose retained copy is now this birth, so any offline status
-        // after it is a stale will.
-        await this.link!.subscribe([this.t('cmd')]);
-        await this.publishStatus();
-        await this.link!.subscribe([this.t('status')]);
-      } catch (e) {
+    this.cancelSetupRetry();
+    this.setupRefusals = 0;
+    void this.setUpSession();
+  }
+
+  /**
+   * Commands first, so a controller that sees the birth can already send; then the birth; then
+   * our own status, whose retained copy is now this birth, so any offline status after it is a
+   * stale will. A refusal by the broker (its ACL: reason 135, not authorized) is logged as one
+   * error naming the topic and what to check, and the set-up is tried again on the same
+   * connection after the reconnect backoff's delay (growing to its cap), so a fixed ACL is picked
+   * up without a restart and a wrong one costs one line per delay, not a loop.
+   */
+  private async setUpSession(): Promise<void> {
+    const link = this.link;
+    if (!link?.connected || this.stopping) return;
+    try {
+      await link.subscribe([this.t('cmd')]);
+      await this.publishStatus();
+      await link.subscribe([this.t('status')]);
+      if (this.setupRefusals > 0) this.log({ level: 'info', event: 'session-authorized', after: this.setupRefusals });
+      this.setupRefusals = 0;
+    } catch (e) {
+      if (e instanceof BrokerRefusal && link.connected && !this.stopping) {
+        const delay = backoffDelay(this.setupRefusals++, this.cfg.broker.reconnect);
+        this.log({ level: 'error', event: 'mqtt-refused', operation: e.operation, topic: e.topic, reasonCode: e.code, reason: e.reason, message: e.message, hint: this.refusalHint(e), attempt: this.setupRefusals, retryInMs: delay });
+        this.setupRetry = setTimeout(() => {
+          this.setupRetry = undefined;
+          void this.setUpSession();
+        }, delay);
+        this.setupRetry.unref();
+      } else {
         this.log({ level: 'warn', event: 'birth-or-subscribe-failed', message: (e as Error).message });
       }
-      this.outbox?.kick();
-    })();
+    }
+    this.outbox?.kick();
+  }
+
+  private cancelSetupRetry(): void {
+    if (this.setupRetry) clearTimeout(this.setupRetry);
+    this.setupRetry = undefined;
+  }
+
+  /** What to check when the broker refuses one of this device's own topics. */
+  private refusalHint(e: BrokerRefusal): string {
+    const b = this.cfg.broker;
+    const own = `${this.cfg.prefix}/${this.cfg.deviceId}/…`;
+    if (e.code !== 135) return `the broker refused ${e.topic}; check its limits and ACL for ${own}`;
+    const cn = certificateCommonName(b.cert);
+    if (cn !== undefined && cn !== this.cfg.deviceId) {
+      return `the client certificate's CN is ${JSON.stringify(cn)} but the device id is ${JSON.stringify(this.cfg.deviceId)} (${this.cfg.deviceIdSource}): a broker that takes the identity from the certificate (use_identity_as_username) lets a device use only ${this.cfg.prefix}/<its CN>/…, so the certificate's CN must equal the device id — set deviceId to ${JSON.stringify(cn)} or issue a certificate with CN=${this.cfg.deviceId}`;
+    }
+    if (cn !== undefined) return `the broker's ACL does not allow ${own} for the identity ${JSON.stringify(cn)} (the certificate's CN, which equals the device id): check the ACL (docs/mqtt-security.md) and the topic prefix (${this.cfg.prefix})`;
+    return `the broker's ACL does not allow ${own} for this client${b.username !== undefined ? ` (user ${b.username})` : ''}: check the ACL and the topic prefix (${this.cfg.prefix})`;
   }
 
   private statusObject(): Status {
@@ -469,6 +519,11 @@ export class Daemon {
     const jobs = this.store.countJobs();
     if (jobs >= this.cfg.queueMax + 1) {
       return reject('E_QUEUE_FULL', `the job queue is full (${this.store.countJobs('queued')} waiting, limit ${this.cfg.queueMax} — config queue.max); send it again later`);
+    }
+    const outbox = this.store.outboxState();
+    if (outbox.full) {
+      // Final replies and reports are never dropped, so new work waits until the broker has taken some.
+      return reject('E_OUTBOX_FULL', `${outbox.messages} messages (${outbox.bytes} bytes) wait for the broker's acknowledgement, at the outbox cap (config outbox.maxMessages / outbox.maxBytes); send it again later`);
     }
     if (cmd.type === 'import') {
       try {

@@ -8,7 +8,9 @@
  * and die with the client; what must survive a lost connection or a crash is in the SQLite
  * outbox (outbox.ts), and the broker keeps the session (subscriptions, queued commands).
  */
+import { X509Certificate } from 'node:crypto';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { explainTlsError, reasonText, refusalCode, tlsDetail, type TlsFailure } from '../protocol/refusals.js';
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
 
 export type Log = (event: Record<string, unknown>) => void;
@@ -51,6 +53,76 @@ export class LinkClosedError extends Error {
   constructor(message = 'not connected to the broker') {
     super(message);
     this.name = 'LinkClosedError';
+  }
+}
+
+/**
+ * The broker answered a PUBLISH (PUBACK) or SUBSCRIBE (SUBACK) with an error reason code — 135
+ * "not authorized" when its ACL does not let this client use the topic. `code` is the reason code.
+ */
+export class BrokerRefusal extends Error {
+  readonly reason: string;
+  constructor(
+    readonly operation: 'publish' | 'subscribe',
+    readonly topic: string,
+    readonly code: number,
+  ) {
+    const reason = reasonText(code);
+    super(`the broker refused to let this client ${operation === 'publish' ? 'publish to' : 'subscribe to'} ${topic}: ${reason} (reason code ${code})`);
+    this.name = 'BrokerRefusal';
+    this.reason = reason;
+  }
+}
+
+/** Subject, issuer and validity of a PEM certificate, for logs (undefined if it does not parse). */
+export function describeCertificate(pem: Buffer | undefined): { subject: string; issuer: string; validFrom: string; validTo: string } | undefined {
+  if (!pem) return undefined;
+  try {
+    const c = new X509Certificate(pem);
+    const flat = (dn: string) => dn.split('\n').filter(Boolean).join(', ');
+    return { subject: flat(c.subject), issuer: flat(c.issuer), validFrom: c.validFrom, validTo: c.validTo };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The CN of a PEM certificate's subject, or undefined. */
+export function certificateCommonName(pem: Buffer | undefined): string | undefined {
+  if (!pem) return undefined;
+  try {
+    const m = /^CN=(.*)$/m.exec(new X509Certificate(pem).subject);
+    return m?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+const CERT_SETTINGS = 'broker.cert and broker.key in the config, EDGEQ_TLS_CERT and EDGEQ_TLS_KEY, or --tls-cert and --tls-key';
+const CA_SETTING = 'broker.ca in the config, EDGEQ_TLS_CA or --tls-ca';
+
+/** What to check for a TLS failure, in the daemon's own setting names. */
+function tlsHint(f: TlsFailure, o: LinkOptions): string {
+  const cert = describeCertificate(o.cert);
+  const mine = cert ? `this device's certificate is ${cert.subject}, issued by ${cert.issuer}, valid ${cert.validFrom} to ${cert.validTo}` : '';
+  switch (f.kind) {
+    case 'certificate-required':
+    case 'handshake-failure':
+      return o.cert ? `the broker did not accept the certificate presented (${mine})` : `give the device its certificate and key: ${CERT_SETTINGS}`;
+    case 'unknown-ca':
+      return `the certificate must be issued by the fleet's CA, the one in the broker's cafile; ${mine || 'no certificate is set'}`;
+    case 'bad-certificate':
+    case 'certificate-expired':
+    case 'certificate-revoked':
+      return `issue the device a new certificate from the fleet's CA${mine ? `; ${mine}` : ''}`;
+    case 'server-untrusted':
+    case 'server-expired':
+      return `${CA_SETTING} must be the CA that issued the broker's certificate${o.ca ? '' : ' (none is set: the system CAs are used)'}`;
+    case 'server-name':
+      return "use a host name or address the broker's certificate names (its subjectAltName) in the broker URL";
+    case 'key-mismatch':
+      return `broker.key must be the private key of broker.cert (${CERT_SETTINGS})`;
+    default:
+      return '';
   }
 }
 
@@ -108,7 +180,8 @@ export class MqttLink {
     try {
       client = mqtt.connect(o.url, options);
     } catch (e) {
-      o.log({ level: 'error', event: 'mqtt-connect-failed', attempt, message: (e as Error).message });
+      const tls = explainTlsError(e as Error);
+      o.log({ level: 'error', event: 'mqtt-connect-failed', attempt, message: tls ? tls.reason : (e as Error).message, ...(tls ? { hint: tlsHint(tls, o), kind: tls.kind } : {}) });
       this.settleFirst(false);
       this.scheduleReconnect();
       return;
@@ -135,9 +208,7 @@ export class MqttLink {
       // The broker ended the connection: 142 "session taken over" means another client uses this device id.
       o.log({ level: 'warn', event: 'mqtt-disconnect-by-broker', reasonCode: packet.reasonCode ?? 0, ...(packet.properties?.reasonString ? { reason: packet.properties.reasonString } : {}) });
     });
-    client.on('error', (e) => {
-      o.log({ level: 'warn', event: 'mqtt-error', message: e.message, ...('code' in e ? { code: (e as { code?: unknown }).code } : {}) });
-    });
+    client.on('error', (e) => this.logError(e, attempt, client));
     client.on('close', () => {
       if (closed || this.client !== client) return;
       closed = true;
@@ -159,6 +230,32 @@ export class MqttLink {
       } else this.settleFirst(false);
       this.scheduleReconnect();
     });
+  }
+
+  /**
+   * A connection error, explained where we know it: a TLS handshake the broker or we refused
+   * (mqtt-tls-failed), or a CONNACK with an error reason code (mqtt-connect-refused), each one line
+   * naming the cause and what to check. Anything else is logged as it came (mqtt-error).
+   */
+  private logError(e: Error & { code?: unknown }, attempt: number, client: MqttClient): void {
+    const o = this.opts;
+    const tls = explainTlsError(e);
+    if (tls) {
+      const cert = describeCertificate(o.cert);
+      o.log({ level: 'error', event: 'mqtt-tls-failed', url: o.url, attempt, by: tls.by, kind: tls.kind, reason: tls.reason, hint: tlsHint(tls, o), code: e.code, detail: tlsDetail(e), ...(cert ? { certificate: cert } : {}) });
+      return;
+    }
+    const rc = refusalCode(e);
+    if (rc !== undefined && !this.isConnected && this.client === client) {
+      const hint = rc === 134 ? 'check broker.username and broker.password (EDGEQ_USERNAME, EDGEQ_PASSWORD)'
+        : rc === 135 ? `the broker's authentication or ACL does not let this client connect (client id ${o.clientId}${o.username !== undefined ? `, user ${o.username}` : ''})`
+        : rc === 133 ? `the broker does not accept the client id ${o.clientId}`
+        : rc === 138 ? 'the broker banned this client'
+        : '';
+      o.log({ level: 'error', event: 'mqtt-connect-refused', url: o.url, attempt, reasonCode: rc, reason: `the broker refused the connection: ${reasonText(rc)}`, ...(hint ? { hint } : {}) });
+      return;
+    }
+    o.log({ level: 'warn', event: 'mqtt-error', message: e.message, ...(e.code !== undefined ? { code: e.code } : {}) });
   }
 
   private scheduleReconnect(): void {
@@ -183,7 +280,10 @@ export class MqttLink {
       const fail = (e: Error) => done(e);
       this.pending.add(fail);
       if (po.timeoutMs !== undefined) timer = setTimeout(() => done(new Error(`no PUBACK within ${po.timeoutMs} ms`)), po.timeoutMs);
-      client.publish(topicName, payload, { qos: po.qos ?? 1, retain: po.retain ?? false, ...(po.properties ? { properties: po.properties } : {}) }, (err) => done(err ?? undefined));
+      client.publish(topicName, payload, { qos: po.qos ?? 1, retain: po.retain ?? false, ...(po.properties ? { properties: po.properties } : {}) }, (err) => {
+        const rc = err ? refusalCode(err) : undefined;
+        done(rc !== undefined ? new BrokerRefusal('publish', topicName, rc) : (err ?? undefined));
+      });
     });
   }
 
@@ -191,10 +291,13 @@ export class MqttLink {
     const client = this.client;
     if (!client || !this.isConnected) return Promise.reject(new LinkClosedError());
     return new Promise((resolve, reject) => {
-      client.subscribe(filters, { qos: 1 }, (err, granted) => {
+      // mqtt.js fails the whole call when the SUBACK refuses any filter; the SUBACK's reason
+      // codes (one per filter, in order) say which.
+      client.subscribe(filters, { qos: 1 }, (err, granted, suback) => {
+        const codes = (suback?.granted ?? (granted ?? []).map((g) => g.qos)).map(Number);
+        const i = codes.findIndex((c) => c >= 0x80);
+        if (i >= 0) return reject(new BrokerRefusal('subscribe', filters[i] ?? filters.join(', '), codes[i]));
         if (err) return reject(err);
-        const refused = (granted ?? []).filter((g) => g.qos > 2);
-        if (refused.length) return reject(new Error(`the broker refused the subscription to ${refused.map((g) => g.topic).join(', ')} (reason ${refused.map((g) => g.qos).join(', ')})`));
         resolve();
       });
     });

@@ -1,3 +1,4 @@
 /** The wire contract: the only part of the agent that fleet/ imports. */
 export * from './messages.js';
 export * from './report.js';
+export * from './refusals.js';
