@@ -13,6 +13,7 @@ import { quantize, type QuantizeOptions, type QuantizeResult } from '../quant/in
 import { isEdgeqError } from '../quant/errors.js';
 import { deviceFacts } from './device.js';
 import { storeData, type StoreData } from './from-store.js';
+import { DEFAULT_KEEP_VERSIONS, pruneModel } from './deploy.js';
 import { registerModel } from './models.js';
 import { promotionDecision, type GateBudget } from './promotion.js';
 import type { Store } from './store/index.js';
@@ -136,6 +137,8 @@ export interface StoreOptimizeOptions extends Omit<OptimizeOptions, 'quantize' |
   /** Put the int8 model through the promotion gate and activate it if it passes. Default true. */
   promote?: boolean;
   budget?: GateBudget;
+  /** Versions of the model kept afterwards (config deploy.keepVersions; default DEFAULT_KEEP_VERSIONS). */
+  keepVersions?: number;
 }
 
 /**
@@ -176,6 +179,8 @@ export async function optimizeFromStore(store: Store, stateDir: string, name: st
       outcome.report.promotion = { ...decision, activeVersion: store.activeVersion(name)!.version };
     }
     store.finishRun(run.id, outcome.report);
+    // Each optimize adds a version: without this a daemon optimizing every hour fills the disk.
+    pruneModel(store, stateDir, name, opts.keepVersions ?? DEFAULT_KEEP_VERSIONS);
     return { ...outcome, runId: run.id, int8Version: v.version };
   } catch (e) {
     const code = isEdgeqError(e) ? e.code : 'E_INTERNAL';

@@ -72,7 +72,7 @@ export async function runOptimize(args: OptimizeArgs): Promise<void> {
       const minSpeedup = args['min-speedup'] === undefined ? undefined : Number(args['min-speedup']);
       if (minSpeedup !== undefined && !(minSpeedup >= 0)) throw new EdgeqError('E_ARGUMENT', `--min-speedup must be a number, 0 or more, got ${args['min-speedup']}`);
       const budget = { ...(quantize.maxDrop !== undefined ? { maxDropPoints: quantize.maxDrop } : {}), ...(minSpeedup !== undefined ? { minSpeedup } : {}) };
-      const o = await withStore(args, ({ store, stateDir }) => optimizeFromStore(store, stateDir, name, { ...common, quantize, promote: args.promote, budget }));
+      const o = await withStore(args, ({ store, stateDir, config }) => optimizeFromStore(store, stateDir, name, { ...common, quantize, promote: args.promote, budget, keepVersions: config?.deploy?.keepVersions }));
       report = o.report;
       const p = report.promotion;
       note = `run ${o.runId} recorded; int8 registered as ${name} v${o.int8Version}${p ? (p.promoted ? ', promoted: now active' : ', not promoted: fp32 stays active') : ' (not active)'}\n`;

@@ -160,6 +160,7 @@ async function optimizeJob(cmd: Command<'optimize'>, ctx: JobContext): Promise<J
     warmup: Math.min(10, runs ?? 100),
     deviceId: ctx.deviceId,
     onRun: ctx.onRun,
+    keepVersions: ctx.deployCfg.keepVersions,
     // The accuracy budget of the config (or the command) is also the promotion gate's.
     ...(options.maxDrop !== undefined ? { budget: { maxDropPoints: options.maxDrop } } : {}),
     onStage: (stage, done, total) => {

@@ -57,6 +57,8 @@ test('the gate promotes int8, or keeps fp32 when it is slower or loses more than
   const plain = await optimizeFromStore(store, dir, 'fmnist', { ...quick, quantize: { profile }, promote: false });
   t.is(plain.report.promotion, undefined);
   t.is(store.activeVersion('fmnist')!.version, good.int8Version);
+  // Four optimizes made four int8 versions; the default keeps the newest 3 and the fp32 parent.
+  t.deepEqual(store.listVersions('fmnist').map((v) => `${v.kind} v${v.version}`), ['fp32 v1', 'int8 v3', 'int8 v4', 'int8 v5']);
 
   // The decision on boundary figures, from a real report.
   const base = good.report;
