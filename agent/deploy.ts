@@ -19,6 +19,7 @@ import { EdgeqError, isEdgeqError } from '../quant/errors.js';
 import { randomTensor } from '../quant/bench-inputs.js';
 import { sha256File } from '../quant/hash.js';
 import { openSession, type ort } from '../quant/runtime.js';
+import { readModel } from '../quant/onnx/model.js';
 import { artifactSource, type Manifest } from '../deploy/manifest.js';
 import { checkSignature, loadPublicKeys, type SignatureOutcome } from '../deploy/signature.js';
 import { checkSpace } from '../deploy/space.js';
@@ -62,6 +63,10 @@ export interface DeployResult {
 export async function warmUp(path: string): Promise<TensorSpec[]> {
   let session: ort.InferenceSession;
   try {
+    // Our own reader first: it refuses tensors whose dims promise more values than they hold.
+    // ONNX Runtime itself would allocate them (a 6 KB file can ask for gigabytes) and take the
+    // daemon down with it (docs/fuzzing.md, finding 5).
+    readModel(path, { externalData: 'keep' });
     session = await openSession(path, { threads: 1, spin: false });
   } catch (e) {
     throw new EdgeqError('E_WARMUP_FAILED', `warm-up failed: ${(e as Error).message}`, { cause: e });

@@ -107,6 +107,22 @@ function checkElements(name: string, shape: readonly number[], max: number): voi
   if (n > max) throw new EdgeqError('E_TENSOR_TOO_LARGE', `input ${quote(name)} has shape ${fmtShape(shape)}: ${n} elements, more than the ${max} this endpoint accepts (serve.maxElements)`);
 }
 
+/**
+ * Dims the model gives one name (the batch "N" of two inputs) are one size in a request, as
+ * ONNX defines them. ONNX Runtime does not check this itself: an op then fails at run time.
+ */
+function checkDimNames(specs: InputSpec[], inputs: DecodedInput[]): void {
+  const seen = new Map<string, { size: number; input: string }>();
+  inputs.forEach((d, i) => specs[i].shape.forEach((dim, k) => {
+    if (typeof dim !== 'string' || dim === '' || k >= d.shape.length) return;
+    const s = seen.get(dim);
+    if (!s) seen.set(dim, { size: d.shape[k], input: d.name });
+    else if (s.size !== d.shape[k]) {
+      throw new EdgeqError('E_SHAPE_MISMATCH', `dim ${quote(dim)} is ${s.size} in input ${quote(s.input)} and ${d.shape[k]} in input ${quote(d.name)}; the model names both ${quote(dim)}, so they must be equal`);
+    }
+  }));
+}
+
 function product(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
@@ -264,7 +280,9 @@ export function decodeJsonBody(body: Buffer, specs: InputSpec[], maxElements = D
   }
   const missing = names.filter((n) => !Object.hasOwn(inputs, n));
   if (missing.length) throw new EdgeqError('E_INPUT_MISSING', `the request lacks input${missing.length > 1 ? 's' : ''} ${missing.map(quote).join(', ')}`);
-  return specs.map((s) => decodeJsonInput(s, inputs[s.name], body.length, maxElements));
+  const decoded = specs.map((s) => decodeJsonInput(s, inputs[s.name], body.length, maxElements));
+  checkDimNames(specs, decoded);
+  return decoded;
 }
 
 /** An .npy body: the one input of a single-input model, dtype exactly the model's. */
@@ -278,7 +296,9 @@ export function decodeNpyBody(body: Buffer, specs: InputSpec[], maxElements = DE
   if (npy.dtype !== dtype) throw new EdgeqError('E_DTYPE_MISMATCH', `input ${quote(spec.name)} is ${dtype}, the .npy body holds ${npy.dtype}`);
   checkShape(spec, npy.shape);
   checkElements(spec.name, npy.shape, maxElements);
-  return [{ name: spec.name, dtype, shape: npy.shape, data: npy.data as InputArray }];
+  const decoded = [{ name: spec.name, dtype, shape: npy.shape, data: npy.data as InputArray }];
+  checkDimNames(specs, decoded);
+  return decoded;
 }
 
 export function toSample(d: DecodedInput): SampleTensor {

@@ -5,7 +5,7 @@
  * protobuf-es): int64 fields are bigints and fields newer than this schema are kept as unknown
  * fields and written back, so read → write loses nothing.
  */
-import { closeSync, fsyncSync, openSync, readSync, statSync, writeSync, renameSync, unlinkSync, fstatSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, openSync, readSync, statSync, writeSync, renameSync, unlinkSync, fstatSync } from 'node:fs';
 import { dirname, basename, resolve, isAbsolute, normalize, sep } from 'node:path';
 import { clearField, fromBinary, toBinary, create } from '@bufbuild/protobuf';
 import { ModelProtoSchema, TensorProto_DataLocation, TensorProtoSchema, StringStringEntryProtoSchema } from 'onnx-buf';
@@ -32,7 +32,30 @@ export function decodeModel(bytes: Uint8Array, label = 'model'): ModelProto {
   if (model.graph.node.some((n) => n.opType === '')) {
     throw new EdgeqError('E_MODEL_INVALID', `${label} is not a valid ONNX model (a node has no op_type)`);
   }
+  checkTensorSizes(model.graph, label);
   return model;
+}
+
+/**
+ * Refuses tensors whose dims promise more elements than they store. ONNX Runtime's shape
+ * inference allocates what a constant's dims say before it checks its data: a 6 KB model with
+ * one Constant of dims [2147483648] made session creation take gigabytes (found by fuzzing).
+ * The count of stored values is an upper bound (two per byte, for 4-bit types), so a valid
+ * tensor always passes. External tensors are measured by `external` (readModel, which knows
+ * their directory) and skipped without it.
+ */
+function checkTensorSizes(graph: GraphProto, label: string, external?: (t: TensorProto) => number): void {
+  for (const t of allTensors(graph)) {
+    const isExternal = t.dataLocation === TensorProto_DataLocation.EXTERNAL;
+    if (isExternal && !external) continue;
+    const n = t.dims.reduce((a, d) => a * Number(d), 1);
+    const stored = isExternal ? 2 * external!(t)
+      : 2 * t.rawData.length + t.floatData.length + t.int32Data.length + t.int64Data.length + t.doubleData.length + t.uint64Data.length + t.stringData.length;
+    if (t.dims.some((d) => d < 0n) || !(n <= stored)) {
+      const holds = isExternal ? `its external data (${externalEntry(t, 'location') ?? 'no location'}) has ${stored / 2} bytes` : `it holds data for at most ${stored} elements`;
+      throw new EdgeqError('E_MODEL_INVALID', `${label} is not a valid ONNX model (tensor ${JSON.stringify(t.name)} has dims [${t.dims.join(', ')}], but ${holds})`);
+    }
+  }
 }
 
 export function encodeModel(model: ModelProto): Uint8Array {
@@ -80,8 +103,26 @@ export function readModel(path: string, opts: ReadOptions = {}): ModelProto {
   const bytes = readWholeFile(path, opts.maxBytes ?? MAX_MODEL_BYTES);
   if (bytes.length === 0) throw new EdgeqError('E_MODEL_INVALID', `${path} is empty, not an ONNX model`);
   const model = decodeModel(bytes, path);
-  if ((opts.externalData ?? 'load') === 'load') loadExternalData(model, dirname(resolve(path)));
+  const dir = dirname(resolve(path));
+  if ((opts.externalData ?? 'load') === 'load') loadExternalData(model, dir);
+  // Loaded tensors are inline now; references kept are measured against their files.
+  checkTensorSizes(model.graph!, path, (t) => externalBytes(t, dir));
   return model;
+}
+
+/** Bytes an external tensor can have: its file's size from its offset, and at most its `length`. 0 if there is no such file. */
+function externalBytes(t: TensorProto, dir: string): number {
+  const location = externalEntry(t, 'location');
+  let size = 0;
+  try {
+    if (location) size = statSync(resolve(dir, location)).size;
+  } catch {
+    // missing or unreadable: nothing to read
+  }
+  const offset = Number(externalEntry(t, 'offset') ?? '0');
+  const length = Number(externalEntry(t, 'length') ?? Infinity);
+  if (!Number.isSafeInteger(offset) || offset < 0) return 0;
+  return Math.max(0, Math.min(size - offset, length >= 0 ? length : 0));
 }
 
 /** Every tensor stored in the model: initializers, Constant/attribute tensors, in all subgraphs. */
@@ -121,12 +162,16 @@ export function loadExternalData(model: ModelProto, baseDir: string): void {
     const lengthText = externalEntry(t, 'length');
     let fd: number;
     try {
-      fd = openSync(full, 'r');
+      // Non-blocking: opening a FIFO for reading would otherwise wait for a writer forever.
+      fd = openSync(full, constants.O_RDONLY | constants.O_NONBLOCK);
     } catch (e) {
       throw fsError(e, full);
     }
     try {
-      const size = statSync(full).size;
+      // A directory (or any non-file) there would fail in readSync with a bare EISDIR.
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new EdgeqError('E_MODEL_INVALID', `tensor ${t.name}: external data location ${location} is not a file`);
+      const size = st.size;
       const length = lengthText === undefined ? size - offset : Number(lengthText);
       if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
         throw new EdgeqError('E_MODEL_INVALID', `tensor ${t.name}: external data range ${offset}+${length} is outside ${location} (${size} bytes)`);

@@ -37,6 +37,9 @@ export function tensorValues(t: TensorProto): NumericArray {
   const Ctor = CTORS[t.dataType as DT];
   if (!Ctor) throw new EdgeqError('E_MODEL_UNSUPPORTED', `tensor ${t.name}: element type ${dataTypeName(t.dataType)} is not supported here`);
   const n = elementCount(t.dims);
+  if (t.dims.some((d) => d < 0n) || !Number.isSafeInteger(n)) {
+    throw new EdgeqError('E_MODEL_INVALID', `tensor ${t.name}: dims [${t.dims.join(', ')}] are not a valid tensor shape`);
+  }
   if (t.rawData.length > 0) {
     if (t.rawData.length !== n * Ctor.BYTES_PER_ELEMENT) {
       throw new EdgeqError('E_MODEL_INVALID', `tensor ${t.name}: raw_data holds ${t.rawData.length} bytes, dims need ${n * Ctor.BYTES_PER_ELEMENT}`);
@@ -46,7 +49,6 @@ export function tensorValues(t: TensorProto): NumericArray {
     copy.set(t.rawData);
     return new Ctor(copy.buffer, 0, n);
   }
-  const out = new Ctor(n);
   let src: ArrayLike<number | bigint>;
   switch (t.dataType as DT) {
     case DT.FLOAT: src = t.floatData; break;
@@ -56,6 +58,8 @@ export function tensorValues(t: TensorProto): NumericArray {
     default: src = t.int32Data; // int8/uint8/int16/uint16/int32/bool live in int32_data
   }
   if (src.length !== n) throw new EdgeqError('E_MODEL_INVALID', `tensor ${t.name}: holds ${src.length} values, dims need ${n}`);
+  // Allocated only now: dims alone must not make us allocate what the model does not hold.
+  const out = new Ctor(n);
   if (out instanceof BigInt64Array || out instanceof BigUint64Array) {
     for (let i = 0; i < n; i++) out[i] = BigInt(src[i]);
   } else {
