@@ -11,19 +11,22 @@
  *   the daemon was up, refused while it was down, or cut by a kill or stop;
  * - an `optimize` command from the controller every 30–60 s, each with a new id;
  * - the daemon killed at random moments (mostly SIGKILL, some SIGTERM; some kills aimed into a
- *   running job) and restarted; none in the last few minutes, so its last incarnation runs long;
+ *   running job) and restarted; none in the last --quiet-minutes (20 by default), so its last
+ *   incarnation lives long enough for the memory figures;
  * - the broker stopped (SIGTERM: it saves its persistence) and restarted every few minutes.
  *
  * Then the faults stop, the outbox drains, the daemon stops gracefully, and the script counts:
  * requests; commands sent / succeeded / failed by code / pending; reports the device produced
  * (succeeded optimize runs in its store) against the controller's report table — lost =
- * produced − received, duplicates = rows beyond one per command; the daemon's RSS (VmRSS from
- * /proc, sampled every few seconds) after warm-up and at the end for the longest-lived and the
- * last incarnation, against a bound; `PRAGMA integrity_check` of both SQLite stores. Writes the
+ * produced − received, duplicates = rows beyond one per command; the daemon's VmRSS and RssAnon
+ * (from /proc every 2 s, idle samples only) after warm-up and at the end for the longest-lived
+ * and the last incarnation, against a bound; `PRAGMA integrity_check` of both SQLite stores. The
+ * run directory (logs, stores, figures.json, rss.json, failures.json) is kept with --keep or
+ * when a check fails. Writes the
  * 'soak' section of bench/RESULTS.md and exits 1 if lost > 0, duplicates > 0, the RSS bound is
  * exceeded or a store is not intact.
  *
- *   npm run soak -- --minutes 30 [--seed S] [--json] [--rate N] [--no-write] [--keep]
+ *   npm run soak -- --minutes 50 [--seed S] [--json] [--rate N] [--no-write] [--keep]
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,6 +39,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import BetterSqlite3 from 'better-sqlite3';
 import { importNpy } from '../agent/capture/import.js';
+import { MALLOC_ENV } from '../agent/daemon/malloc-env.js';
 import { registerModel } from '../agent/models.js';
 import { TERMINAL, type Reply } from '../agent/protocol/index.js';
 import { storeFile } from '../agent/state.js';
@@ -63,9 +67,13 @@ or duplicated, RSS growth, SQLite integrity) into the 'soak' section of bench/RE
   --minutes M        length of the loaded run, faults included (default 30; the drain comes after)
   --seed S           seed of the fault and command schedule (default: random; printed)
   --rate N           inference requests per second (default 25)
-  --quiet-minutes Q  no daemon kill in the last Q minutes (default max(6, M/4); M/3 below 15 min)
+  --quiet-minutes Q  no daemon kill in the last Q minutes (default max(20, M/3), at most M/2;
+                     M/3 below 15 min); the memory figures come from that last incarnation
   --rss-bound-mib B  largest allowed RSS growth of an incarnation after warm-up (default 64)
-  --command-every A-B  seconds between optimize commands, drawn uniformly (default 30-60; 15-30 below 15 min)
+  --command-every A-B
+                     seconds between optimize commands (default 30-60; 15-30 below 15 min)
+  --glibc-defaults   start the daemon without the malloc settings systemd/edgeq.service gives it
+                     (agent/daemon/malloc-env.ts), to compare
   --json             print the figures as one JSON object instead of the Markdown section
   --no-write         do not touch bench/RESULTS.md (development runs)
   --keep             keep the run directory (logs, stores) even when every check passes
@@ -87,6 +95,7 @@ interface Options {
   json: boolean;
   write: boolean;
   keep: boolean;
+  glibcDefaults: boolean;
   argv: string[];
 }
 
@@ -143,12 +152,16 @@ function parseOptions(argv: string[]): Options {
       case '--keep':
         o.keep = true;
         break;
+      case '--glibc-defaults':
+        o.glibcDefaults = true;
+        break;
       default:
         usageError(`unknown argument ${JSON.stringify(a)}`);
     }
   }
   const minutes = o.minutes ?? 30;
-  const quietMinutes = o.quietMinutes ?? (minutes >= 15 ? Math.max(6, minutes / 4) : minutes / 3);
+  // The last incarnation needs its warm-up (5 min and 3 jobs in a long run) and then time to measure.
+  const quietMinutes = o.quietMinutes ?? (minutes >= 15 ? Math.min(minutes / 2, Math.max(20, minutes / 3)) : minutes / 3);
   if (quietMinutes >= minutes) usageError(`--quiet-minutes (${quietMinutes}) must be below --minutes (${minutes})`);
   return {
     minutes,
@@ -161,6 +174,7 @@ function parseOptions(argv: string[]): Options {
     json: o.json ?? false,
     write: o.write ?? true,
     keep: o.keep ?? false,
+    glibcDefaults: o.glibcDefaults ?? false,
     argv,
   };
 }
@@ -352,6 +366,8 @@ interface Incarnation {
   hwmKiB: number;
   jobsDone: number;
   firstJobDoneAt?: number;
+  /** When each of its jobs ended (ms since the soak's start). */
+  jobEnds: number[];
   /** The job running when the kill was sent, if any. */
   killedDuringJob?: string;
   /** SIGTERM: how long the graceful stop took. */
@@ -379,7 +395,8 @@ class DaemonRunner {
   private supervising = true;
   private readonly out: WriteStream;
 
-  constructor(private readonly cli: string, private readonly config: string, logFile: string, private readonly t0: number) {
+  /** `malloc`: the MALLOC_* variables to start it with (unset ones are removed from the environment). */
+  constructor(private readonly cli: string, private readonly config: string, logFile: string, private readonly t0: number, private readonly malloc: Record<string, string | undefined>) {
     this.out = createWriteStream(logFile, { flags: 'a' });
   }
 
@@ -390,8 +407,8 @@ class DaemonRunner {
 
   /** Spawns an incarnation and waits until its endpoint serves (or it exits: then it is restarted like systemd would). */
   async start(): Promise<void> {
-    const child = spawn(process.execPath, [this.cli, 'run', '--config', this.config], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, EDGEQ_CONFIG: undefined } });
-    const me: Incarnation = { n: this.incarnations.length + 1, pid: child.pid ?? -1, spawnedAt: now() - this.t0, rss: [], anon: [], hwmKiB: 0, jobsDone: 0 };
+    const child = spawn(process.execPath, [this.cli, 'run', '--config', this.config], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, EDGEQ_CONFIG: undefined, ...this.malloc } });
+    const me: Incarnation = { n: this.incarnations.length + 1, pid: child.pid ?? -1, spawnedAt: now() - this.t0, rss: [], anon: [], hwmKiB: 0, jobsDone: 0, jobEnds: [] };
     this.incarnations.push(me);
     this.child = child;
     this.expectingExit = false;
@@ -458,6 +475,7 @@ class DaemonRunner {
         if (this.jobStartedAt) this.jobDurations.push(now() - this.jobStartedAt);
         me.jobsDone++;
         me.firstJobDoneAt ??= now() - this.t0;
+        me.jobEnds.push(now() - this.t0);
       }
     }
   }
@@ -626,6 +644,8 @@ interface RssFigure {
   measure: 'VmRSS' | 'RssAnon';
   lifeS: number;
   jobs: number;
+  /** Idle RSS of the fresh process (10 s after the endpoint came up, before any job ended). */
+  freshKiB: number;
   /** Idle RSS (no job running) after warm-up, in the middle of what is left, and at the end. */
   startKiB: number;
   midKiB: number;
@@ -635,6 +655,8 @@ interface RssFigure {
   secondHalfKiB: number;
   /** The highest sample while an optimize job ran, and VmHWM. */
   jobPeakKiB: number;
+  /** Median over jobs of (highest sample during the job − the idle sample before it). */
+  jobLiftKiB: number;
   hwmKiB: number;
   /** Least-squares slope of the idle samples after warm-up. */
   slopeMiBPerHour: number | null;
@@ -645,12 +667,14 @@ interface RssFigure {
  * RSS figures of an incarnation from its idle samples (no job running at the sample nor at the
  * one before: an optimize job lifts RSS by tens of MiB while it runs and gives it back after).
  * Start: median over the window after warm-up (warm-up: `warmupMs` after the endpoint came up
- * and 5 s after the incarnation's first job ended, whichever is later); end: median over the
- * last window before `untilMs`; mid: median over the window halfway between.
+ * and 5 s after the incarnation's `warmupJobs`-th job ended, whichever is later: glibc's malloc
+ * keeps part of what a job frees, so RSS climbs over the first jobs toward a job's high-water
+ * mark); end: median over the last window before `untilMs`; mid: median over the window
+ * halfway between.
  */
-function rssFigure(c: Incarnation, measure: RssFigure['measure'], warmupMs: number, windowMs: number, untilMs: number, boundKiB: number): RssFigure | undefined {
-  if (c.upAt === undefined) return undefined;
-  const warm = Math.max(c.upAt + warmupMs, (c.firstJobDoneAt ?? 0) + 5000);
+function rssFigure(c: Incarnation, measure: RssFigure['measure'], warmupMs: number, warmupJobs: number, windowMs: number, untilMs: number, boundKiB: number): RssFigure | undefined {
+  if (c.upAt === undefined || c.jobEnds.length < warmupJobs) return undefined;
+  const warm = Math.max(c.upAt + warmupMs, (warmupJobs > 0 ? c.jobEnds[warmupJobs - 1] : 0) + 5000);
   const samples = (measure === 'VmRSS' ? c.rss : c.anon).filter(([t]) => t <= untilMs);
   const idle = samples.filter((x, i) => x[2] === 0 && (i === 0 || samples[i - 1][2] === 0));
   const last = samples.at(-1)?.[0];
@@ -674,9 +698,23 @@ function rssFigure(c: Incarnation, measure: RssFigure['measure'], warmupMs: numb
     slope = den > 0 ? ((num / den) * 3_600_000) / 1024 : null;
   }
   const jobPeak = Math.max(0, ...samples.filter(([, , j]) => j === 1).map(([, r]) => r));
+  const lifts: number[] = [];
+  let before: number | undefined; // the last sample with no job running
+  let peak = 0;
+  for (const [, r, j] of samples) {
+    if (j === 1) {
+      peak = Math.max(peak, r);
+      continue;
+    }
+    if (peak > 0 && before !== undefined) lifts.push(peak - before);
+    peak = 0;
+    before = r;
+  }
+  const fresh = samples.find(([t, , j]) => t >= c.upAt! + 10_000 && j === 0 && (c.firstJobDoneAt === undefined || t < c.firstJobDoneAt))?.[1] ?? NaN;
   return {
     n: c.n,
     measure,
+    freshKiB: fresh,
     lifeS: ((c.endedAt ?? untilMs) - c.upAt) / 1000,
     jobs: c.jobsDone,
     startKiB: start,
@@ -685,6 +723,7 @@ function rssFigure(c: Incarnation, measure: RssFigure['measure'], warmupMs: numb
     growthKiB: end - start,
     secondHalfKiB: end - mid,
     jobPeakKiB: jobPeak,
+    jobLiftKiB: median(lifts),
     hwmKiB: c.hwmKiB,
     slopeMiBPerHour: slope,
     withinBound: end - start <= boundKiB,
@@ -718,7 +757,8 @@ async function main(): Promise<void> {
     brokerEveryS: long ? [120, 240] : [30, 60],
     brokerDownS: [1, 5],
     commandEveryS: o.commandEveryS ?? (long ? [30, 60] : [15, 30]),
-    warmupMs: long ? 120_000 : 15_000,
+    warmupMs: long ? 300_000 : 15_000,
+    warmupJobs: long ? 3 : 2,
     windowMs: long ? 60_000 : 10_000,
     captureRate: 0.1,
     captureMax: 600,
@@ -824,7 +864,9 @@ async function main(): Promise<void> {
   const at = () => now() - t0;
   const psi0 = memoryPressure();
   const stalls: Array<{ at: number; lateMs: number }> = [];
-  const daemon = new DaemonRunner(cli, config, join(dir, 'daemon.log'), t0);
+  // As systemd/edgeq.service starts it, unless --glibc-defaults.
+  const malloc = o.glibcDefaults ? Object.fromEntries(Object.keys(MALLOC_ENV).map((k) => [k, undefined])) : { ...MALLOC_ENV };
+  const daemon = new DaemonRunner(cli, config, join(dir, 'daemon.log'), t0, malloc);
   const load: LoadStats = { sent: 0, served: 0, failedWhileUp: {}, refusedWhileDown: 0, cutByFault: {}, latencyMs: [], latencyDuringJobMs: [], bodyBytes: 0, failures: [] };
   const sent: Array<{ id: string; at: number; method: string; acked: boolean; error?: string }> = [];
   const faults = { sigkill: 0, sigterm: 0, sigtermForced: 0, aimed: 0, duringJob: 0, downMs: 0, brokerRestarts: 0, brokerDownMs: 0 };
@@ -835,11 +877,12 @@ async function main(): Promise<void> {
     daemon.forceKill();
     broker.kill();
   };
-  process.once('SIGINT', () => {
-    log(`interrupted; run directory kept: ${dir}`);
-    cleanup();
-    process.exit(130);
-  });
+  for (const signal of ['SIGINT', 'SIGTERM'] as const)
+    process.once(signal, () => {
+      log(`interrupted (${signal}); run directory kept: ${dir}`);
+      cleanup();
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    });
 
   let ok = false;
   try {
@@ -1059,7 +1102,7 @@ async function main(): Promise<void> {
     const lastInc = incs.at(-1)!;
     const longest = incs.filter((c) => c.upAt !== undefined).reduce((a, b) => ((b.endedAt ?? 0) - (b.upAt ?? 0) > (a.endedAt ?? 0) - (a.upAt ?? 0) ? b : a));
     // The end figure is taken under load: samples up to the end of the load.
-    const fig = (c: Incarnation, m: RssFigure['measure']) => rssFigure(c, m, cfg.warmupMs, cfg.windowMs, c === lastInc ? endMs : Infinity, boundKiB);
+    const fig = (c: Incarnation, m: RssFigure['measure']) => rssFigure(c, m, cfg.warmupMs, cfg.warmupJobs, cfg.windowMs, c === lastInc ? endMs : Infinity, boundKiB);
     const rssLongest = fig(longest, 'VmRSS');
     const anonLongest = fig(longest, 'RssAnon');
     const rssLast = longest === lastInc ? rssLongest : fig(lastInc, 'VmRSS');
@@ -1133,8 +1176,8 @@ async function main(): Promise<void> {
     const signed = (kib: number) => `${kib >= 0 ? '+' : '−'}${mib(Math.abs(kib))}`;
     const rssRow = (label: string, f: RssFigure | undefined, measure: RssFigure['measure']) =>
       f
-        ? `| ${label} #${f.n}: ${(f.lifeS / 60).toFixed(1)} min, ${f.jobs} optimize jobs | ${measure} | ${mib(f.startKiB)} | ${mib(f.midKiB)} | ${mib(f.endKiB)} | ${signed(f.growthKiB)} | ${signed(f.secondHalfKiB)} | ${f.slopeMiBPerHour === null ? '—' : `${f.slopeMiBPerHour >= 0 ? '+' : '−'}${Math.abs(f.slopeMiBPerHour).toFixed(1)} MiB/h`} | ${mib(f.jobPeakKiB)}${measure === 'VmRSS' ? ` / ${mib(f.hwmKiB)}` : ''} | ${f.withinBound ? 'yes' : '**no**'} |`
-        : `| ${label}: too short to measure | ${measure} | | | | | | | | **no** |`;
+        ? `| ${label} #${f.n}: ${(f.lifeS / 60).toFixed(1)} min, ${f.jobs} optimize jobs | ${measure} | ${mib(f.freshKiB)} | ${mib(f.startKiB)} | ${mib(f.midKiB)} | ${mib(f.endKiB)} | ${signed(f.growthKiB)} | ${signed(f.secondHalfKiB)} | ${f.slopeMiBPerHour === null ? '—' : `${f.slopeMiBPerHour >= 0 ? '+' : '−'}${Math.abs(f.slopeMiBPerHour).toFixed(1)} MiB/h`} | ${mib(f.jobPeakKiB)}${measure === 'VmRSS' ? ` / ${mib(f.hwmKiB)}` : ''} | ${f.withinBound ? 'yes' : '**no**'} |`
+        : `| ${label}: too short to measure | ${measure} | | | | | | | | | **no** |`;
     const stallNote = stalls.length
       ? ` The machine stalled ${stalls.length} time(s) during the run (this process's 2-second sampler late by up to ${secs(Math.max(...stalls.map((x) => x.lateMs)))}, at ${stalls.map((x) => `+${secs(x.at)}`).join(', ')})${memoryStallS !== null ? `; the kernel counted ${memoryStallS.toFixed(1)} s in which every task waited for memory (PSI, caused by other processes on the machine)` : ''}: file-backed pages are reclaimed then, which lowers VmRSS for a while but not RssAnon.`
       : memoryStallS !== null ? ` Memory pressure on the machine during the run (PSI, every task stalled): ${memoryStallS.toFixed(1)} s.` : '';
@@ -1145,14 +1188,14 @@ async function main(): Promise<void> {
         .filter((x): x is number => x !== undefined),
     );
     const ref = rssLast ?? rssLongest;
-    const lift = ref ? ref.jobPeakKiB - ref.endKiB : NaN;
+    const lift = ref ? ref.jobLiftKiB : NaN;
     const killsTotal = faults.sigkill + faults.sigterm + faults.sigtermForced;
     const md = [
       '## Soak and fault run',
       '',
       `Produced by \`${figures.command}\` (${figures.date.slice(0, 10)}, seed ${o.seed}${o.seedGiven ? '' : ': add `--seed ' + o.seed + '` to replay the schedule'}) on ${cpus()[0]?.model ?? 'unknown'} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, ${mosquittoVersion()}; the machine's cores were shared with other work during the run.`,
       '',
-      `One \`edgeq run\` daemon (child process, run from a copy of dist/ built from ${built}; 1 ONNX Runtime thread; endpoint on a Unix socket; capture on for \`fmnist\` at rate ${cfg.captureRate}, at most ${cfg.captureMax} samples; the fixture CNN registered with ${cfg.samples} labelled samples), a private mosquitto with persistence, and in the soak process the fleet controller (\`FleetController\` on a persistent session, SQLite store) and the load: ${o.rate} batch-1 JSON requests/s over 2 keep-alive connections, fixture test images with one pixel nudged per request so that every input is new and capture keeps writing (the reservoir evicts). An \`optimize\` command (new id each time; method histogram/minmax/percentile in turn, 50 bench runs) every ${cfg.commandEveryS.join('–')} s. Faults for the first ${((faultsUntilMs) / 60_000).toFixed(1)} min: the daemon killed every ${cfg.killEveryS.join('–')} s (${Math.round(cfg.sigkillShare * 100)}% SIGKILL, the rest SIGTERM; ${Math.round(cfg.aimedShare * 100)}% of kills aimed into a running job) and restarted ${cfg.downS.join('–')} s later; mosquitto stopped (SIGTERM, it saves its persistence) every ${cfg.brokerEveryS.join('–')} s and restarted ${cfg.brokerDownS.join('–')} s later, until ${secs(brokerUntilMs)}. No daemon kill in the last ${o.quietMinutes.toFixed(1)} min. Then load and commands stop, the outbox drains (${drained ? `done in ${secs(drainMs)}` : `**not drained** after ${secs(drainMs)}`}), the daemon stops with SIGTERM and both stores are checked.`,
+      `One \`edgeq run\` daemon (child process, run from a copy of dist/ built from ${built}; ${o.glibcDefaults ? "glibc malloc's defaults (`--glibc-defaults`)" : `started like systemd/edgeq.service starts it, with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}`}; 1 ONNX Runtime thread; endpoint on a Unix socket; capture on for \`fmnist\` at rate ${cfg.captureRate}, at most ${cfg.captureMax} samples; the fixture CNN registered with ${cfg.samples} labelled samples), a private mosquitto with persistence, and in the soak process the fleet controller (\`FleetController\` on a persistent session, SQLite store) and the load: ${o.rate} batch-1 JSON requests/s over 2 keep-alive connections, fixture test images with one pixel nudged per request so that every input is new and capture keeps writing (the reservoir evicts). An \`optimize\` command (new id each time; method histogram/minmax/percentile in turn, 50 bench runs) every ${cfg.commandEveryS.join('–')} s. Faults for the first ${((faultsUntilMs) / 60_000).toFixed(1)} min: the daemon killed every ${cfg.killEveryS.join('–')} s (${Math.round(cfg.sigkillShare * 100)}% SIGKILL, the rest SIGTERM; ${Math.round(cfg.aimedShare * 100)}% of kills aimed into a running job) and restarted ${cfg.downS.join('–')} s later; mosquitto stopped (SIGTERM, it saves its persistence) every ${cfg.brokerEveryS.join('–')} s and restarted ${cfg.brokerDownS.join('–')} s later, until ${secs(brokerUntilMs)}. No daemon kill in the last ${o.quietMinutes.toFixed(1)} min. Then load and commands stop, the outbox drains (${drained ? `done in ${secs(drainMs)}` : `**not drained** after ${secs(drainMs)}`}), the daemon stops with SIGTERM and both stores are checked.`,
       '',
       `**${ok ? 'PASS' : 'FAIL'}**: reports lost **${lostIds.length}**, duplicated **${duplicates}**${unknownIds.length ? `, unknown ${unknownIds.length}` : ''}; RSS growth within ${o.rssBoundMiB} MiB: **${rssOk ? 'yes' : 'no'}**; integrity: device store **${integrityDevice}**, controller store **${integrityController}**.`,
       '',
@@ -1195,17 +1238,17 @@ async function main(): Promise<void> {
       `| **duplicates** (rows beyond one per command) | **${duplicates}** |`,
       ...(unknownIds.length ? [`| rows of no report the device produced | ${unknownIds.length} |`] : []),
       '',
-      `Daemon memory: VmRSS and its heap part RssAnon from /proc every 2 s, figures from idle samples (no optimize job running at that sample nor the one before). Start: median over ${cfg.windowMs / 1000} s after warm-up (${cfg.warmupMs / 1000} s after the endpoint came up and 5 s after the incarnation's first optimize job ended, whichever is later); mid and end: medians over ${cfg.windowMs / 1000} s halfway and at the end of the load. Bound: growth start → end ≤ ${o.rssBoundMiB} MiB, of both, for the longest-lived and for the last incarnation.${stallNote}`,
+      `Daemon memory: VmRSS and its heap part RssAnon from /proc every 2 s, figures from idle samples (no optimize job running at that sample nor the one before). Start: median over ${cfg.windowMs / 1000} s after warm-up (${cfg.warmupMs / 1000} s after the endpoint came up and 5 s after the incarnation's ${cfg.warmupJobs === 1 ? 'first' : `${cfg.warmupJobs}th`} optimize job ended, whichever is later); mid and end: medians over ${cfg.windowMs / 1000} s halfway and at the end of the load. Bound: growth start → end ≤ ${o.rssBoundMiB} MiB, of both, for the longest-lived and for the last incarnation.${stallNote}`,
       '',
-      '| incarnation | measure | idle start | mid | end | growth | of which second half | trend (least squares, idle) | during a job: highest / VmHWM | within bound |',
-      '|---|---|---:|---:|---:|---:|---:|---:|---:|---|',
+      '| incarnation | measure | fresh | after warm-up | mid | end | growth (warm → end) | of which second half | trend (least squares, idle) | during a job: highest / VmHWM | within bound |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
       rssRow(longest === lastInc ? 'longest-lived and last' : 'longest-lived', rssLongest, 'VmRSS'),
       rssRow(longest === lastInc ? 'longest-lived and last' : 'longest-lived', anonLongest, 'RssAnon'),
       ...(longest === lastInc ? [] : [rssRow('last', rssLast, 'VmRSS'), rssRow('last', anonLast, 'RssAnon')]),
       '',
       `All ${rssAll.length} incarnations long enough to measure: idle VmRSS start ${mib(Math.min(...rssAll.map((f) => f.startKiB)))}–${mib(Math.max(...rssAll.map((f) => f.startKiB)))}, largest growth ${signed(Math.max(...rssAll.map((f) => f.growthKiB)))}.`,
       '',
-      `Why ${o.rssBoundMiB} MiB: a fresh daemon idles at about ${mib(fresh)} once the endpoint serves. An optimize job lifts RSS by about ${mib(lift)} while it runs (calibration batches and histograms, the ONNX Runtime sessions of quantize and eval, the new int8 version loading in the endpoint) and gives most of it back; glibc's malloc keeps part of what each job freed in its arenas, so the idle level climbs over an incarnation's first jobs and then levels off — the second-half column is the growth between the middle and the end, near zero for a plateau and about half the total for a steady leak. ${o.rssBoundMiB} MiB over the warm level holds that climb, while a leak of one request's JSON body (${(load.bodyBytes / 1024).toFixed(0)} KiB) per request would pass it after ${Math.round((boundKiB * 1024) / Math.max(1, load.bodyBytes))} requests (${((boundKiB * 1024) / Math.max(1, load.bodyBytes) / o.rate / 60).toFixed(1)} min at ${o.rate} requests/s), and keeping each job's working set would pass it within two jobs.`,
+      `Why ${o.rssBoundMiB} MiB: a fresh daemon idles at about ${mib(fresh)} once the endpoint serves. An optimize job lifts RSS by about ${mib(lift)} while it runs (median over the jobs of the incarnation above: calibration batches and histograms, the ONNX Runtime sessions of quantize and eval, the new int8 version loading in the endpoint). With glibc's defaults malloc gives that back only in part (a freed large block raises the mmap threshold, so the next job's blocks land in the heap, and what is freed in the middle of a heap stays resident): idle RSS then swings by up to ~70 MiB from job to job and the end figure is luck (\`npm run bench:memory\`); the unit's malloc settings (agent/daemon/malloc-env.ts) return it. V8 also grows its heap once or twice over the first jobs; hence the warm-up of ${cfg.warmupMs / 60_000} min and ${cfg.warmupJobs} jobs. From there ${o.rssBoundMiB} MiB is about one more job's working set: growth past it — or a second half about as large as the first — is a leak. A leak of one request's JSON body (${(load.bodyBytes / 1024).toFixed(0)} KiB) per request would pass it after ${Math.round((boundKiB * 1024) / Math.max(1, load.bodyBytes))} requests (${((boundKiB * 1024) / Math.max(1, load.bodyBytes) / o.rate / 60).toFixed(1)} min at ${o.rate} requests/s); keeping every job's working set would pass it within two jobs.`,
       '',
       `SQLite \`PRAGMA integrity_check\`: device store ${integrityDevice}, controller store ${integrityController}. Runs in the device store: ${fmtCounts(runStates)}; fmnist versions ${versions.map((v) => `${v.kind} ${v.n}`).join(', ')} (active v${active?.version ?? '?'} ${active?.kind ?? ''}). Daemon log errors: ${fmtCounts(daemon.errors)}.`,
     ].join('\n');

@@ -35,6 +35,7 @@ import {
 } from '../protocol/messages.js';
 import { storeFile } from '../state.js';
 import { Store, type CapturePolicy, type JobRow, type OutboxMessage, type ReplyTo } from '../store/index.js';
+import { mallocTuned } from './malloc-env.js';
 import { AGENT_VERSION } from '../version.js';
 import { applyOverrides, describeConfig, saveOverrides, type DaemonConfig, type Overrides } from './config.js';
 import { probationPolicy } from '../config.js';
@@ -126,7 +127,7 @@ export class Daemon {
 
   private async doStart(): Promise<{ connected: boolean }> {
     const c = this.cfg;
-    this.log({ level: 'info', event: 'starting', version: AGENT_VERSION, pid: process.pid, config: describeConfig(c) });
+    this.log({ level: 'info', event: 'starting', version: AGENT_VERSION, pid: process.pid, mallocTuned: mallocTuned(), config: describeConfig(c) });
     this.lock = takeLock(c.stateDir);
     try {
       // Jobs' temporary files (exported samples, downloads, int8 models before registration)
