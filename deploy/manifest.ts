@@ -16,7 +16,7 @@
  *   manifest file's directory). Local files must lie under the config's deploy.allow directories.
  * - `sha256`: 64 hex digits (case-insensitive; kept in lower case). `size`: bytes, positive.
  * - `signature`: base64 Ed25519 signature over canonicalBytes(manifest) (see signature.ts).
- * - `kind`: optional, "fp32" (default) or "int8".
+ * - `kind`: optional, "fp32" (default) or "int8"; signed when present.
  */
 import { isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,7 +44,7 @@ const KEYS = ['name', 'version', 'url', 'sha256', 'size', 'signature', 'kind'];
 /** Validates a parsed manifest; `source` names it in errors. */
 export function parseManifest(value: unknown, source = 'the manifest'): Manifest {
   const bad = (why: string) => new EdgeqError('E_MANIFEST_INVALID', `${source}: ${why}`);
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('a manifest must be a JSON object {name, version, url, sha256, size, signature?}');
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('a manifest must be a JSON object {name, version, url, sha256, size, kind?, signature?}');
   const m = value as Record<string, unknown>;
   for (const k of Object.keys(m)) if (!KEYS.includes(k)) throw bad(`unknown key "${k}" (known: ${KEYS.join(', ')})`);
   if (typeof m.name !== 'string' || !MODEL_NAME.test(m.name)) throw bad(`"name" must be 1 to 64 letters, digits, '.', '_' or '-' starting with a letter or digit, got ${JSON.stringify(m.name)}`);

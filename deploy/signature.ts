@@ -1,8 +1,11 @@
 /**
  * Ed25519 signatures over deploy manifests (node:crypto). The signed bytes are the UTF-8 of
- * JSON.stringify({name, version, url, sha256, size}) with the keys in exactly that order,
- * `version` as a string and `sha256` in lower case — what parseManifest() produces, so a
- * publisher signs canonicalBytes(parseManifest(m)).
+ * JSON.stringify({name, version, url, sha256, size, kind}) with the keys in exactly that order,
+ * `version` as a string, `sha256` in lower case and `kind` only when the manifest has one —
+ * what parseManifest() produces, so a publisher signs canonicalBytes(parseManifest(m)). Every
+ * field that decides what the device does is signed: `kind` decides which version optimize
+ * quantizes (the newest fp32 one). A manifest without `kind` has the bytes it had
+ * before `kind` was signed.
  */
 import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -10,7 +13,7 @@ import { EdgeqError, fsError } from '../quant/errors.js';
 import type { Manifest } from './manifest.js';
 
 export function canonicalBytes(m: Manifest): Buffer {
-  return Buffer.from(JSON.stringify({ name: m.name, version: m.version, url: m.url, sha256: m.sha256, size: m.size }), 'utf8');
+  return Buffer.from(JSON.stringify({ name: m.name, version: m.version, url: m.url, sha256: m.sha256, size: m.size, ...(m.kind !== undefined ? { kind: m.kind } : {}) }), 'utf8');
 }
 
 /** Signs a manifest with an Ed25519 private key (publishers and tests); returns base64. */

@@ -32,7 +32,6 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, cpSync, createWriteStream, existsSync, symlinkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { createServer, connect as netConnect } from 'node:net';
 import { cpus, platform, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -48,6 +47,7 @@ import { FleetController, type LogEntry } from '../fleet/controller.js';
 import { openSqliteStore, type FleetStore } from '../fleet/store/index.js';
 import { readNpy, writeNpy } from '../quant/npy.js';
 import { rng } from '../quant/random.js';
+import { freePort, portOpen } from './net.js';
 import { writeSection } from './results-md.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -201,31 +201,6 @@ const secs = (ms: number) => `${(ms / 1000).toFixed(0)} s`;
 
 function log(line: string): void {
   process.stderr.write(`[soak ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function portOpen(port: number, timeoutMs = 500): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = netConnect({ host: '127.0.0.1', port });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(timeoutMs, () => done(false));
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
 }
 
 /** The commit the build came from, and whether the tree had changes. */

@@ -39,7 +39,7 @@ export function deployCommand(y: Argv): Argv {
     'Fetch a model from a manifest, verify it, warm it up and make it the active version',
     (b) =>
       b
-        .usage('edgeq deploy --manifest FILE\n\nThe manifest is JSON {name, version, url, sha256, size, signature?}. The file is fetched over http(s) (an interrupted\ndownload resumes) or copied from a directory the config\'s deploy.allow lists, checked against size and sha256\n(and the Ed25519 signature when deploy.publicKeys are set), loaded and run once in ONNX Runtime, then made active\nin one transaction; older versions beyond deploy.keepVersions are removed. A release whose inputs differ from the active\nversion is refused. The new version is pending until the endpoint has served it deploy.confirmAfter times without error.')
+        .usage('edgeq deploy --manifest FILE\n\nThe manifest is JSON {name, version, url, sha256, size, kind?, signature?}; the signature covers every other field. The file is fetched over http(s) (an interrupted\ndownload resumes) or copied from a directory the config\'s deploy.allow lists, checked against size and sha256\n(and the Ed25519 signature when deploy.publicKeys are set), loaded and run once in ONNX Runtime, then made active\nin one transaction; older versions beyond deploy.keepVersions are removed. A release whose inputs differ from the active\nversion is refused. The new version is pending until the endpoint has served it deploy.confirmAfter times without error.')
         .options(STORE_OPTIONS)
         .option('manifest', { type: 'string', demandOption: true, describe: 'the deploy manifest (JSON)' }),
     async (argv) => {

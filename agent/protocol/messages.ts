@@ -109,7 +109,7 @@ export const COMMAND_ARGS = {
   quantize: z.strictObject(quantizeArgs),
   eval: z.strictObject({ model: modelName, version: z.number().int().positive().optional() }),
   bench: z.strictObject({ model: modelName, version: z.number().int().positive().optional(), runs: z.number().int().positive().max(10_000).optional(), threads: z.number().int().positive().max(256).optional() }),
-  /** A deploy manifest {name, version, url, sha256, size, signature?}; deploy/manifest.ts checks its fields. */
+  /** A deploy manifest {name, version, url, sha256, size, kind?, signature?}; deploy/manifest.ts checks its fields. */
   deploy: z.strictObject({ manifest: z.record(z.string(), z.unknown()) }),
   /** A version of a model: the store's number, or the manifest's release string. */
   activate: z.strictObject({ model: modelName, version: z.union([z.number().int().positive(), z.string().min(1).max(64)]) }),

@@ -38,6 +38,13 @@ test('Ed25519 signatures over the canonical bytes', (t) => {
   t.throws(() => checkSignature(m, [k.publicKey], true), { code: 'E_SIGNATURE_REQUIRED' } as never);
   t.is(checkSignature(m, [k.publicKey], false), 'unsigned');
   t.is(checkSignature(signed, [], false), 'not-checked');
+  // kind is signed when present; without it the bytes are the five fields alone.
+  const int8 = parseManifest({ ...good, kind: 'int8' });
+  t.is(canonicalBytes(int8).toString(), JSON.stringify({ name: 'fmnist', version: '3', url: good.url, sha256: SHA.toLowerCase(), size: 10, kind: 'int8' }));
+  const signedInt8 = { ...int8, signature: signManifest(int8, k.privateKey) };
+  t.is(checkSignature(signedInt8, [k.publicKey], true), 'verified');
+  t.throws(() => checkSignature({ ...signedInt8, kind: 'fp32' }, [k.publicKey], true), { code: 'E_SIGNATURE_INVALID' } as never);
+  t.throws(() => checkSignature({ ...signed, kind: 'int8' }, [k.publicKey], true), { code: 'E_SIGNATURE_INVALID' } as never);
   t.throws(() => checkSignature(signed, [], true), { code: 'E_CONFIG_INVALID' } as never);
   const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 });
   t.throws(() => parsePublicKey(rsa.publicKey.export({ type: 'spki', format: 'pem' }) as string), { code: 'E_CONFIG_INVALID' } as never);

@@ -15,29 +15,17 @@ import test, { type ExecutionContext, type ImplementationFn } from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
+import { freePort, portOpen } from '../../tools/net.js';
 import { join } from 'node:path';
+
+export { freePort, portOpen };
 
 export const MOSQUITTO_BIN = process.env.EDGEQ_MOSQUITTO ?? '/usr/sbin/mosquitto';
 /** EDGEQ_SHARED_BROKER_PORT points the tests at another shared broker (or, with a closed port, at private ones). */
 export const SHARED_BROKER_PORT = Number(process.env.EDGEQ_SHARED_BROKER_PORT ?? 1883);
 export const SHARED_BROKER_URL = `mqtt://127.0.0.1:${SHARED_BROKER_PORT}`;
 export const REQUIRE_SERVICES = process.env.EDGEQ_REQUIRE_SERVICES === '1';
-
-/** True when something accepts TCP connections on 127.0.0.1:port within `timeoutMs`. */
-export function portOpen(port: number, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = netConnect({ host: '127.0.0.1', port });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(timeoutMs, () => done(false));
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}
 
 /** Why the shared broker cannot be used, or undefined when it can. */
 export async function sharedBrokerMissing(): Promise<string | undefined> {
@@ -70,19 +58,6 @@ export function serviceTest(title: string, missing: string | undefined, fn: Impl
     return;
   }
   test.skip(`${title} — skipped: ${missing}`, () => {});
-}
-
-/** A TCP port nothing listens on right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 export interface Broker {

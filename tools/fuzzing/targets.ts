@@ -464,7 +464,7 @@ function checkManifest(m: Manifest): void {
   const again = parseManifest(m);
   invariant(JSON.stringify(again) === JSON.stringify(m), () => `parseManifest is not idempotent: ${JSON.stringify(m)} → ${JSON.stringify(again)}`);
   const canon = JSON.parse(canonicalBytes(m).toString('utf8')) as Record<string, unknown>;
-  invariant(canon.name === m.name && canon.version === m.version && canon.url === m.url && canon.sha256 === m.sha256 && canon.size === m.size, 'canonicalBytes does not carry the manifest\'s fields');
+  invariant(canon.name === m.name && canon.version === m.version && canon.url === m.url && canon.sha256 === m.sha256 && canon.size === m.size && canon.kind === m.kind, 'canonicalBytes does not carry the manifest\'s fields');
 }
 
 export const manifestTarget: FuzzTarget<ManifestCase, { dir: string; file: string }> = {
