@@ -82,6 +82,11 @@ function within(p: Promise<unknown>, ms: number): Promise<boolean> {
   });
 }
 
+/** The agent process's memory and age, for the status command's reply. */
+function processFacts(): NonNullable<Status['process']> {
+  return { uptimeS: Math.round(process.uptime()), rssBytes: process.memoryUsage.rss(), heapUsedBytes: process.memoryUsage().heapUsed, mallocTuned: mallocTuned() };
+}
+
 export class Daemon {
   private store!: Store;
   private lock: Lock | undefined;
@@ -569,7 +574,7 @@ export class Daemon {
   private immediate(cmd: Command): unknown {
     switch (cmd.type) {
       case 'status':
-        return this.statusObject();
+        return { ...this.statusObject(), process: processFacts() };
       case 'detect':
         return detectReport(this.cpu);
       case 'capture':

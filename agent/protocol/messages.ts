@@ -67,6 +67,19 @@ export const StatusSchema = z.looseObject({
   /** The job running now, if any. */
   job: z.looseObject({ cmdId: z.string(), type: z.string() }).nullable().optional(),
   queue: z.number().int().nonnegative().optional(),
+  /**
+   * The agent's process now: only in the reply to a `status` command (the retained birth is
+   * republished on job changes only, so figures there would be stale). mallocTuned: started with
+   * the systemd unit's glibc malloc settings (agent/daemon/malloc-env.ts).
+   */
+  process: z
+    .looseObject({
+      uptimeS: z.number().nonnegative(),
+      rssBytes: z.number().int().nonnegative(),
+      heapUsedBytes: z.number().int().nonnegative(),
+      mallocTuned: z.boolean(),
+    })
+    .optional(),
 });
 export type Status = z.infer<typeof StatusSchema>;
 

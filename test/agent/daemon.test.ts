@@ -56,6 +56,12 @@ serviceTest('birth, status and detect, rejections that leave the daemon answerin
   t.true(parseReply(JSON.stringify(status)).ok);
   t.is((status.result as { online: boolean }).online, true);
   t.is((status.result as { queue: number }).queue, 0);
+  // The live reply carries the process's figures; the retained birth does not (they would go stale).
+  const proc = (status.result as { process: { uptimeS: number; rssBytes: number; heapUsedBytes: number; mallocTuned: boolean } }).process;
+  t.true(proc.rssBytes > proc.heapUsedBytes && proc.heapUsedBytes > 0, JSON.stringify(proc));
+  t.true(proc.uptimeS >= 0);
+  t.is(typeof proc.mallocTuned, 'boolean');
+  t.is(birth.process, undefined);
   const detect = await command(o, d, { id: 'd1', type: 'detect', args: {} });
   t.is(detect.state, 'succeeded');
   t.truthy((detect.result as { profile: { name: string } }).profile.name);
