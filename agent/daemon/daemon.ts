@@ -503,6 +503,18 @@ export class Daemon {
     const cmd = parsed.value;
     this.log({ level: 'info', event: 'command', cmdId: cmd.id, type: cmd.type, ...(expiry !== undefined ? { messageExpiryInterval: expiry } : {}), ...(packet.dup ? { dup: true } : {}) });
 
+    const reject = (code: string, message: string) => {
+      this.log({ level: 'warn', event: 'command-rejected', cmdId: cmd.id, type: cmd.type, code, message });
+      this.send(this.replyMessages(this.reply(cmd.id, cmd.type, 'rejected', { error: { code, message } }), replyTo));
+    };
+    const outbox = this.store.outboxState();
+    if (outbox.full) {
+      // Final replies and reports are never dropped, so no command is answered (a status, a
+      // repeat's stored reply) nor run until the broker has taken some; the rejection itself is
+      // droppable, so a flood of commands cannot grow the outbox.
+      return reject('E_OUTBOX_FULL', `${outbox.messages} messages (${outbox.bytes} bytes) wait for the broker's acknowledgement, at the outbox cap (config outbox.maxMessages / outbox.maxBytes); send it again later`);
+    }
+
     const seen = this.store.commandSeen(cmd.id);
     if (seen) return this.answerRepeat(cmd, seen.reply, replyTo);
 
@@ -518,18 +530,9 @@ export class Daemon {
       return;
     }
 
-    const reject = (code: string, message: string) => {
-      this.log({ level: 'warn', event: 'command-rejected', cmdId: cmd.id, type: cmd.type, code, message });
-      this.send(this.replyMessages(this.reply(cmd.id, cmd.type, 'rejected', { error: { code, message } }), replyTo));
-    };
     const jobs = this.store.countJobs();
     if (jobs >= this.cfg.queueMax + 1) {
       return reject('E_QUEUE_FULL', `the job queue is full (${this.store.countJobs('queued')} waiting, limit ${this.cfg.queueMax} — config queue.max); send it again later`);
-    }
-    const outbox = this.store.outboxState();
-    if (outbox.full) {
-      // Final replies and reports are never dropped, so new work waits until the broker has taken some.
-      return reject('E_OUTBOX_FULL', `${outbox.messages} messages (${outbox.bytes} bytes) wait for the broker's acknowledgement, at the outbox cap (config outbox.maxMessages / outbox.maxBytes); send it again later`);
     }
     if (cmd.type === 'import') {
       try {

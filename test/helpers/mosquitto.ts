@@ -69,6 +69,8 @@ export interface Broker {
   /** SIGTERM (mosquitto saves its persistence file) and waits for the exit. */
   stop(): Promise<void>;
   running(): boolean;
+  /** SIGHUP: mosquitto reloads its configuration, the ACL file included. */
+  reload(): void;
 }
 
 export interface MosquittoOptions {
@@ -145,6 +147,10 @@ export async function startMosquitto(t: ExecutionContext, opts: MosquittoOptions
       await exited;
     },
     running: () => child !== undefined,
+    reload() {
+      if (!child) throw new Error('mosquitto is not running');
+      child.kill('SIGHUP');
+    },
   };
   t.teardown(async () => {
     child?.kill('SIGKILL');
