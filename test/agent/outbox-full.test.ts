@@ -53,8 +53,6 @@ serviceTest('outbox full of final replies: every new command is rejected with E_
   t.deepEqual(r.map((l) => [l.cmdId, l.code]), [['over-status', 'E_OUTBOX_FULL'], ['over-job', 'E_OUTBOX_FULL'], ['fill-1', 'E_OUTBOX_FULL']]);
   t.regex(String(r[0].message), /outbox cap .*outbox\.maxMessages/);
   t.false(daemon.logs.some((l) => l.event === 'job-started'), 'no job ran');
-  t.true(daemon.logs.some((l) => l.event === 'outbox-publish-refused' && l.reasonCode === 135), 'the broker refused the replies');
-  t.is(o.all(d.reply).length, 0, 'the broker delivered no reply');
   // The rejections were trimmed as they came: the outbox holds the two final replies, its cap.
   const db = new BetterSqlite3(storeFile(p.stateDir), { readonly: true });
   try {
@@ -62,6 +60,8 @@ serviceTest('outbox full of final replies: every new command is rejected with E_
   } finally {
     db.close();
   }
+  t.like(await daemon.waitLog('outbox-publish-refused'), { reasonCode: 135 }, 'the broker refused the replies');
+  t.is(o.all(d.reply).length, 0, 'the broker delivered no reply');
 
   // Replies allowed again: the job's id, sent again, is taken (a rejection was not recorded).
   writeFileSync(join(broker.dir, 'acl'), acl(d, true));
