@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { create, fromBinary } from '@bufbuild/protobuf';
 import { ModelProtoSchema, StringStringEntryProtoSchema, TensorProtoSchema, TensorProto_DataLocation } from 'onnx-buf';
 import { warmUp } from '../../agent/deploy.js';
+import { evaluate } from '../../quant/evaluate.js';
 import { makeNode } from '../../quant/onnx/graph.js';
 import { decodeModel, encodeModel, readModel } from '../../quant/onnx/model.js';
 import { DT, tensorValues } from '../../quant/onnx/tensor.js';
@@ -110,6 +111,20 @@ test('the deploy warm-up reads a model with edgeq\'s reader before ONNX Runtime 
   const e = await t.throwsAsync(warmUp(join(dir, 'bomb.onnx')));
   t.is((e as { code?: string }).code, 'E_WARMUP_FAILED');
   t.regex(e!.message, /dims \[2147483648\]/);
+  t.true(process.memoryUsage().rss - before < 256 * 1024 * 1024);
+});
+
+test('evaluate (edgeq eval) reads a model file with edgeq\'s reader before ONNX Runtime sees it: the bomb is E_MODEL_INVALID, not allocated', async (t) => {
+  const dir = tempDir(t, 'edgeq-fuzz-eval-');
+  const m = readModel(FMNIST.model);
+  m.graph!.node.unshift(makeNode('Constant', [], ['big'], 'big', { value: create(TensorProtoSchema, { dataType: DT.INT64, dims: [2147483648n], int64Data: [1n] }) }));
+  writeFileSync(join(dir, 'bomb.onnx'), encodeModel(m));
+  const before = process.memoryUsage().rss;
+  for (const opts of [{ model: join(dir, 'bomb.onnx') }, { model: FMNIST.model, compare: join(dir, 'bomb.onnx') }]) {
+    const e = await t.throwsAsync(evaluate({ ...opts, data: new Map([['', FMNIST.test]]), count: 8 }));
+    t.is((e as { code?: string }).code, 'E_MODEL_INVALID');
+    t.regex(e!.message, /dims \[2147483648\]/);
+  }
   t.true(process.memoryUsage().rss - before < 256 * 1024 * 1024);
 });
 
