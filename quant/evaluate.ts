@@ -189,9 +189,6 @@ export async function evaluate(opts: EvaluateOptions): Promise<EvaluateResult> {
   const files = openDataFiles(opts.data);
   const sessions: ort.InferenceSession[] = [];
   const open = async (m: string | Uint8Array, o: Parameters<typeof openSession>[1]) => {
-    // edgeq's reader first, as deploy and registration do: it refuses tensors whose dims promise
-    // more data than the file holds, on which ONNX Runtime would allocate gigabytes.
-    if (typeof m === 'string') readModel(m, { externalData: 'keep' });
     const s = await openSession(m, o);
     sessions.push(s);
     return s;

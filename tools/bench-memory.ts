@@ -16,15 +16,14 @@ import { request } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { importNpy } from '../agent/capture/import.js';
 import { MALLOC_ENV } from '../agent/daemon/malloc-env.js';
 import { startEndpoint } from '../agent/endpoint.js';
-import { registerModel } from '../agent/models.js';
 import { optimizeFromStore } from '../agent/optimize.js';
 import { storeFile } from '../agent/state.js';
 import { Store } from '../agent/store/index.js';
-import { readNpy, writeNpy } from '../quant/npy.js';
+import { readNpy } from '../quant/npy.js';
 import { profileWith } from '../quant/profiles.js';
+import { FMNIST_FIXTURE, prepareFixtureState } from './fixture-state.js';
 import { writeSection } from './results-md.js';
 
 const ROOT = resolve('.');
@@ -77,14 +76,9 @@ async function child(jobs: number): Promise<void> {
   try {
     const stateDir = join(dir, 'state');
     mkdirSync(stateDir);
-    const n = 300;
-    const x = readNpy(join(ROOT, 'test/fixtures/fmnist/test.npy')).data as Float32Array;
-    const y = readNpy(join(ROOT, 'test/fixtures/fmnist/test_labels.npy')).data as BigInt64Array;
-    writeNpy(join(dir, 'x.npy'), x.slice(0, n * 784), [n, 1, 28, 28]);
-    writeNpy(join(dir, 'y.npy'), y.slice(0, n), [n]);
+    await prepareFixtureState(stateDir, dir, 300, 'bench-memory');
     const store = Store.open(storeFile(stateDir));
-    await registerModel(store, stateDir, 'fmnist', join(ROOT, 'test/fixtures/fmnist/model.onnx'));
-    importNpy(store, 'fmnist', new Map([['', join(dir, 'x.npy')]]), { labels: join(dir, 'y.npy'), source: 'bench-memory' });
+    const x = readNpy(FMNIST_FIXTURE.test).data as Float32Array;
     const socket = join(dir, 'edgeq.sock');
     const endpoint = await startEndpoint(store, { socket, capture: false, threads: 1, probation: { confirmAfter: 0 }, log: () => {} });
     const bodies = Array.from({ length: 10 }, (_, i) => JSON.stringify({ inputs: { input: { shape: [1, 1, 28, 28], data: Array.from(x.subarray(i * 784, (i + 1) * 784)) } } }));

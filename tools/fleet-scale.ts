@@ -11,7 +11,6 @@
  *
  *   npm run bench:fleet -- [--devices N] [--pg postgres://…] [--broker URL] [--batch 100] [--no-write]
  */
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, platform, release, tmpdir, totalmem } from 'node:os';
@@ -23,6 +22,7 @@ import { clearRetained, SimulatedDevice } from '../fleet/sim.js';
 import { describeDb, openPgStore, openSqliteStore, type FleetStore } from '../fleet/store/index.js';
 import pg from 'pg';
 import { writeSection } from './results-md.js';
+import { mosquittoVersion } from './mosquitto.js';
 
 const argv = process.argv.slice(2);
 const opt = (name: string): string | undefined => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
@@ -44,20 +44,6 @@ function openFilesLimit(): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-function mosquittoVersion(): string {
-  for (const bin of ['mosquitto', '/usr/sbin/mosquitto']) {
-    try {
-      execFileSync(bin, ['-h'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    } catch (e) {
-      // `mosquitto -h` prints its version and exits non-zero.
-      const out = `${(e as { stdout?: string }).stdout ?? ''}${(e as { stderr?: string }).stderr ?? ''}`;
-      const m = /mosquitto version (\S+)/.exec(out);
-      if (m) return `mosquitto ${m[1]}`;
-    }
-  }
-  return 'unknown broker';
 }
 
 interface WaveResult {
@@ -199,7 +185,7 @@ async function main(): Promise<void> {
     const md = [
       '## Fleet controller at scale',
       '',
-      `Produced by \`npm run bench:fleet -- --devices ${N}${PG_URL ? ` --pg ${describeDb(PG_URL)}` : ''}\` (${new Date().toISOString().slice(0, 10)}) on ${cpu} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, ${mosquittoVersion()} (stock configuration) on loopback.`,
+      `Produced by \`npm run bench:fleet -- --devices ${N}${PG_URL ? ` --pg ${describeDb(PG_URL)}` : ''}\` (${new Date().toISOString().slice(0, 10)}) on ${cpu} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, ${mosquittoVersion() ?? 'unknown broker'} (stock configuration) on loopback.`,
       `One controller (\`FleetController\`, as \`edgeq fleet\` uses it: MQTT 5, QoS 1, each message stored before its PUBACK) and ${N} simulated devices (\`fleet/sim.ts\`) in one Node process, each device its own MQTT 5 connection with its own retained birth and will — ${N + 1} connections. The devices answer at once (no quantization): accepted → running → succeeded, and \`optimize\` also publishes a run report, so the figures measure the messaging and storage path, not the work. The controller's store is SQLite (a WAL file)${PG_URL ? ', then, with a second controller on the same devices, PostgreSQL (local server, default durable commits)' : ''}.`,
       '',
       `Largest N tried: **${N}** devices. Connecting them and publishing their births took ${(connectMs / 1000).toFixed(1)} s (batches of ${BATCH}). ${runs.map((r) => `The ${r.label} controller read the ${N} retained births in ${(r.statusMs / 1000).toFixed(2)} s and listed ${r.listed} devices online`).join('. ')}.`,

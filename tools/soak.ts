@@ -37,26 +37,19 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import BetterSqlite3 from 'better-sqlite3';
-import { importNpy } from '../agent/capture/import.js';
 import { MALLOC_ENV } from '../agent/daemon/malloc-env.js';
-import { registerModel } from '../agent/models.js';
 import { TERMINAL, type Reply } from '../agent/protocol/index.js';
 import { storeFile } from '../agent/state.js';
-import { Store } from '../agent/store/index.js';
 import { FleetController, type LogEntry } from '../fleet/controller.js';
 import { openSqliteStore, type FleetStore } from '../fleet/store/index.js';
-import { readNpy, writeNpy } from '../quant/npy.js';
+import { readNpy } from '../quant/npy.js';
 import { rng } from '../quant/random.js';
+import { MOSQUITTO_BIN, mosquittoConf, mosquittoVersion } from './mosquitto.js';
 import { freePort, portOpen } from './net.js';
+import { FMNIST_FIXTURE as FMNIST, prepareFixtureState } from './fixture-state.js';
 import { writeSection } from './results-md.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const FMNIST = {
-  model: join(ROOT, 'test/fixtures/fmnist/model.onnx'),
-  test: join(ROOT, 'test/fixtures/fmnist/test.npy'),
-  labels: join(ROOT, 'test/fixtures/fmnist/test_labels.npy'),
-};
-const MOSQUITTO_BIN = process.env.EDGEQ_MOSQUITTO ?? '/usr/sbin/mosquitto';
 
 const USAGE = `npm run soak -- --minutes M [options]
 
@@ -214,17 +207,6 @@ function gitDescribe(): string {
   }
 }
 
-function mosquittoVersion(): string {
-  try {
-    execFileSync(MOSQUITTO_BIN, ['-h'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    const out = `${(e as { stdout?: string }).stdout ?? ''}${(e as { stderr?: string }).stderr ?? ''}`;
-    const m = /mosquitto version (\S+)/.exec(out);
-    if (m) return `mosquitto ${m[1]}`;
-  }
-  return 'mosquitto';
-}
-
 /**
  * VmRSS, RssAnon and VmHWM of a process, KiB (undefined once it is gone). RssAnon is the heap
  * part of VmRSS: what a leak grows, and what the kernel cannot reclaim without swap (file pages
@@ -266,24 +248,7 @@ class Broker {
   constructor(readonly dir: string, readonly port: number) {
     this.url = `mqtt://127.0.0.1:${port}`;
     this.conf = join(dir, 'mosquitto.conf');
-    writeFileSync(
-      this.conf,
-      [
-        `listener ${port} 127.0.0.1`,
-        'allow_anonymous true',
-        'persistence true',
-        `persistence_location ${dir}/`,
-        'persistence_file mosquitto.db',
-        'autosave_interval 1',
-        `log_dest file ${join(dir, 'mosquitto.log')}`,
-        'log_type error',
-        'log_type warning',
-        'log_type notice',
-        'log_type information',
-        ...(process.getuid?.() === 0 ? ['user root'] : []),
-        '',
-      ].join('\n'),
-    );
+    writeFileSync(this.conf, mosquittoConf({ port, dir, logTypes: ['error', 'warning', 'notice', 'information'] }));
   }
 
   running(): boolean {
@@ -766,22 +731,10 @@ async function main(): Promise<void> {
   const broker = new Broker(brokerDir, await freePort());
   await broker.start();
 
-  // device state: the fixture model and labelled samples, as test/helpers/daemon.ts prepare() makes it
+  // device state: the fixture model and labelled samples, as the daemon tests start from
   const stateDir = join(dir, 'state');
   mkdirSync(stateDir, { recursive: true });
-  {
-    const x = readNpy(FMNIST.test);
-    const y = readNpy(FMNIST.labels);
-    writeNpy(join(dir, 'x.npy'), (x.data as Float32Array).slice(0, cfg.samples * 784), [cfg.samples, 1, 28, 28]);
-    writeNpy(join(dir, 'y.npy'), (y.data as BigInt64Array).slice(0, cfg.samples), [cfg.samples]);
-    const store = Store.open(storeFile(stateDir));
-    try {
-      await registerModel(store, stateDir, 'fmnist', FMNIST.model);
-      importNpy(store, 'fmnist', new Map([['', join(dir, 'x.npy')]]), { labels: join(dir, 'y.npy'), source: 'soak' });
-    } finally {
-      store.close();
-    }
-  }
+  await prepareFixtureState(stateDir, dir, cfg.samples, 'soak');
   const socketPath = join(dir, 'edgeq.sock');
   const config = join(dir, 'config.json');
   writeFileSync(
@@ -1168,7 +1121,7 @@ async function main(): Promise<void> {
     const md = [
       '## Soak and fault run',
       '',
-      `Produced by \`${figures.command}\` (${figures.date.slice(0, 10)}, seed ${o.seed}${o.seedGiven ? '' : ': add `--seed ' + o.seed + '` to replay the schedule'}) on ${cpus()[0]?.model ?? 'unknown'} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, ${mosquittoVersion()}; the machine's cores were shared with other work during the run.`,
+      `Produced by \`${figures.command}\` (${figures.date.slice(0, 10)}, seed ${o.seed}${o.seedGiven ? '' : ': add `--seed ' + o.seed + '` to replay the schedule'}) on ${cpus()[0]?.model ?? 'unknown'} × ${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, ${platform()} ${release()}, Node ${process.version}, ${mosquittoVersion() ?? 'mosquitto'}; the machine's cores were shared with other work during the run.`,
       '',
       `One \`edgeq run\` daemon (child process, run from a copy of dist/ built from ${built}; ${o.glibcDefaults ? "glibc malloc's defaults (`--glibc-defaults`)" : `started like systemd/edgeq.service starts it, with ${Object.entries(MALLOC_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}`}; 1 ONNX Runtime thread; endpoint on a Unix socket; capture on for \`fmnist\` at rate ${cfg.captureRate}, at most ${cfg.captureMax} samples; the fixture CNN registered with ${cfg.samples} labelled samples), a private mosquitto with persistence, and in the soak process the fleet controller (\`FleetController\` on a persistent session, SQLite store) and the load: ${o.rate} batch-1 JSON requests/s over 2 keep-alive connections, fixture test images with one pixel nudged per request so that every input is new and capture keeps writing (the reservoir evicts). An \`optimize\` command (new id each time; method histogram/minmax/percentile in turn, 50 bench runs) every ${cfg.commandEveryS.join('–')} s. Faults for the first ${((faultsUntilMs) / 60_000).toFixed(1)} min: the daemon killed every ${cfg.killEveryS.join('–')} s (${Math.round(cfg.sigkillShare * 100)}% SIGKILL, the rest SIGTERM; ${Math.round(cfg.aimedShare * 100)}% of kills aimed into a running job) and restarted ${cfg.downS.join('–')} s later; mosquitto stopped (SIGTERM, it saves its persistence) every ${cfg.brokerEveryS.join('–')} s and restarted ${cfg.brokerDownS.join('–')} s later, until ${secs(brokerUntilMs)}. No daemon kill in the last ${o.quietMinutes.toFixed(1)} min. Then load and commands stop, the outbox drains (${drained ? `done in ${secs(drainMs)}` : `**not drained** after ${secs(drainMs)}`}), the daemon stops with SIGTERM and both stores are checked.`,
       '',

@@ -1,6 +1,7 @@
 /** `edgeq eval`: accuracy of a model, and how far its quantized twin is from it, output by output and layer by layer. */
 import type { Argv } from 'yargs';
 import { evaluate, type ErrorStats, type EvaluateResult } from '../../quant/evaluate.js';
+import { readModel } from '../../quant/onnx/model.js';
 import { countArg, parseInputFiles } from '../args.js';
 import { storeData } from '../from-store.js';
 import { printJson, progressLine, reportError } from '../output.js';
@@ -68,7 +69,12 @@ export function evalCommand(y: Argv): Argv {
 export async function runEval(args: EvalArgs): Promise<void> {
   const progress = progressLine(!args.json);
   try {
-    const result = await withEvalData(args, (a) => evaluate({
+    const result = await withEvalData(args, (a) => {
+      // Files a person names: edgeq's reader first, as deploy and registration do for theirs. It
+      // refuses tensors whose dims promise more data than the file holds, on which ONNX Runtime
+      // would allocate gigabytes. (Store versions were read when they were registered.)
+      for (const f of [a.model, a.compare]) if (f !== undefined) readModel(f, { externalData: 'keep' });
+      return evaluate({
       model: a.model!,
       compare: a.compare,
       data: parseInputFiles(a.data!, '--data'),
@@ -78,7 +84,8 @@ export async function runEval(args: EvalArgs): Promise<void> {
       batch: countArg('--batch', args.batch),
       threads: countArg('--threads', args.threads),
       onProgress: (done, total) => progress.update('evaluating', done, total),
-    }));
+      });
+    });
     progress.done();
     if (args.json) printJson(result);
     else process.stdout.write(renderEval(result, countArg('--top', args.top) ?? 10));

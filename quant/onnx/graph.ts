@@ -1,7 +1,7 @@
 /** Small helpers over GraphProto: indices, attributes, node construction, ordering. */
 import { create } from '@bufbuild/protobuf';
-import { AttributeProtoSchema, AttributeProto_AttributeType as AT, NodeProtoSchema } from 'onnx-buf';
-import type { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto } from 'onnx-buf';
+import { AttributeProtoSchema, AttributeProto_AttributeType as AT, NodeProtoSchema, TensorShapeProtoSchema, TensorShapeProto_DimensionSchema, TypeProtoSchema, TypeProto_TensorSchema, ValueInfoProtoSchema } from 'onnx-buf';
+import type { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from 'onnx-buf';
 import { EdgeqError } from '../errors.js';
 
 export function initializerMap(graph: GraphProto): Map<string, TensorProto> {
@@ -99,6 +99,24 @@ export function makeNode(
     name,
     domain,
     attribute: Object.entries(attrs).map(([k, v]) => makeAttr(k, v)),
+  });
+}
+
+/** A tensor value info (graph input or output); string dims are symbolic (dim_param). */
+export function makeValueInfo(name: string, elemType: number, dims: ReadonlyArray<bigint | number | string>): ValueInfoProto {
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, {
+      value: {
+        case: 'tensorType',
+        value: create(TypeProto_TensorSchema, {
+          elemType,
+          shape: create(TensorShapeProtoSchema, {
+            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: typeof d === 'string' ? { case: 'dimParam', value: d } : { case: 'dimValue', value: BigInt(d) } })),
+          }),
+        }),
+      },
+    }),
   });
 }
 

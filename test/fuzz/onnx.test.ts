@@ -5,14 +5,13 @@ import { join } from 'node:path';
 import { create, fromBinary } from '@bufbuild/protobuf';
 import { ModelProtoSchema, StringStringEntryProtoSchema, TensorProtoSchema, TensorProto_DataLocation } from 'onnx-buf';
 import { warmUp } from '../../agent/deploy.js';
-import { evaluate } from '../../quant/evaluate.js';
 import { makeNode } from '../../quant/onnx/graph.js';
 import { decodeModel, encodeModel, readModel } from '../../quant/onnx/model.js';
 import { DT, tensorValues } from '../../quant/onnx/tensor.js';
 import { foldBatchNorm } from '../../quant/passes/fold-bn.js';
 import { onnxBytes, type OnnxRecipe, type SyntheticSpec, type TensorSpec } from '../../tools/fuzzing/onnx-cases.js';
 import { onnxTarget } from '../../tools/fuzzing/targets.js';
-import { FMNIST, tempDir } from '../helpers/fixtures.js';
+import { CLI, FMNIST, tempDir } from '../helpers/fixtures.js';
 import { checkCases, fuzzTest } from '../helpers/fuzz.js';
 
 fuzzTest(test, onnxTarget);
@@ -102,11 +101,16 @@ test('decodeModel / readModel: a tensor whose dims promise more than it stores i
   t.notThrows(() => readModel(FMNIST.model));
 });
 
-test('the deploy warm-up reads a model with edgeq\'s reader before ONNX Runtime sees it, so the bomb is refused, not allocated', async (t) => {
-  const dir = tempDir(t, 'edgeq-fuzz-warmup-');
+/** The fixture with a 6-byte Constant whose dims claim 2^31 int64s: ONNX Runtime allocates them all (finding 5). */
+function writeBomb(path: string): void {
   const m = readModel(FMNIST.model);
   m.graph!.node.unshift(makeNode('Constant', [], ['big'], 'big', { value: create(TensorProtoSchema, { dataType: DT.INT64, dims: [2147483648n], int64Data: [1n] }) }));
-  writeFileSync(join(dir, 'bomb.onnx'), encodeModel(m));
+  writeFileSync(path, encodeModel(m));
+}
+
+test('the deploy warm-up reads a model with edgeq\'s reader before ONNX Runtime sees it, so the bomb is refused, not allocated', async (t) => {
+  const dir = tempDir(t, 'edgeq-fuzz-warmup-');
+  writeBomb(join(dir, 'bomb.onnx'));
   const before = process.memoryUsage().rss;
   const e = await t.throwsAsync(warmUp(join(dir, 'bomb.onnx')));
   t.is((e as { code?: string }).code, 'E_WARMUP_FAILED');
@@ -114,18 +118,19 @@ test('the deploy warm-up reads a model with edgeq\'s reader before ONNX Runtime 
   t.true(process.memoryUsage().rss - before < 256 * 1024 * 1024);
 });
 
-test('evaluate (edgeq eval) reads a model file with edgeq\'s reader before ONNX Runtime sees it: the bomb is E_MODEL_INVALID, not allocated', async (t) => {
+test('edgeq eval reads the files it is given with edgeq\'s reader before ONNX Runtime sees them: the bomb is E_MODEL_INVALID, not allocated', (t) => {
   const dir = tempDir(t, 'edgeq-fuzz-eval-');
-  const m = readModel(FMNIST.model);
-  m.graph!.node.unshift(makeNode('Constant', [], ['big'], 'big', { value: create(TensorProtoSchema, { dataType: DT.INT64, dims: [2147483648n], int64Data: [1n] }) }));
-  writeFileSync(join(dir, 'bomb.onnx'), encodeModel(m));
-  const before = process.memoryUsage().rss;
-  for (const opts of [{ model: join(dir, 'bomb.onnx') }, { model: FMNIST.model, compare: join(dir, 'bomb.onnx') }]) {
-    const e = await t.throwsAsync(evaluate({ ...opts, data: new Map([['', FMNIST.test]]), count: 8 }));
-    t.is((e as { code?: string }).code, 'E_MODEL_INVALID');
-    t.regex(e!.message, /dims \[2147483648\]/);
+  writeBomb(join(dir, 'bomb.onnx'));
+  // The child reports its peak RSS (KiB) as it exits.
+  const peak = 'data:text/javascript,process.on("exit",()=>process.stderr.write("maxRSS="+process.resourceUsage().maxRSS+"\\n"))';
+  for (const models of [['--model', join(dir, 'bomb.onnx')], ['--model', FMNIST.model, '--compare', join(dir, 'bomb.onnx')]]) {
+    const r = spawnSync(process.execPath, ['--import', peak, CLI, 'eval', ...models, '--data', FMNIST.test, '--count', '8', '--json'], { encoding: 'utf8' });
+    t.is(r.status, 1, r.stderr);
+    const e = (JSON.parse(r.stdout) as { error: { code: string; message: string } }).error;
+    t.is(e.code, 'E_MODEL_INVALID');
+    t.regex(e.message, /dims \[2147483648\]/);
+    t.true(Number(/maxRSS=(\d+)/.exec(r.stderr)?.[1]) < 256 * 1024, r.stderr);
   }
-  t.true(process.memoryUsage().rss - before < 256 * 1024 * 1024);
 });
 
 test('tensorValues: negative or huge dims without data are E_MODEL_INVALID, and nothing is allocated for them', (t) => {

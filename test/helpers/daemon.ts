@@ -9,12 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import { importNpy } from '../../agent/capture/import.js';
-import { registerModel } from '../../agent/models.js';
-import { storeFile } from '../../agent/state.js';
-import { Store } from '../../agent/store/index.js';
-import { readNpy, writeNpy } from '../../quant/npy.js';
-import { CLI, FMNIST, tempDir } from './fixtures.js';
+import { prepareFixtureState } from '../../tools/fixture-state.js';
+import { CLI, tempDir } from './fixtures.js';
 
 export const WAIT_MS = 120_000;
 
@@ -227,19 +223,7 @@ export async function prepare(t: ExecutionContext, url: string, d: Device, extra
   const dir = tempDir(t, 'edgeq-daemon-');
   const stateDir = join(dir, 'state');
   mkdirSync(stateDir, { recursive: true });
-  if (samples > 0) {
-    const x = readNpy(FMNIST.test);
-    const y = readNpy(FMNIST.labels);
-    writeNpy(join(dir, 'x.npy'), (x.data as Float32Array).slice(0, samples * 784), [samples, 1, 28, 28]);
-    writeNpy(join(dir, 'y.npy'), (y.data as BigInt64Array).slice(0, samples), [samples]);
-    const store = Store.open(storeFile(stateDir));
-    try {
-      await registerModel(store, stateDir, 'fmnist', FMNIST.model);
-      importNpy(store, 'fmnist', new Map([['', join(dir, 'x.npy')]]), { labels: join(dir, 'y.npy'), source: 'test' });
-    } finally {
-      store.close();
-    }
-  }
+  if (samples > 0) await prepareFixtureState(stateDir, dir, samples, 'test');
   const { broker: extraBroker, ...rest } = extra as { broker?: Record<string, unknown> };
   const config = join(dir, 'config.json');
   writeFileSync(

@@ -1,29 +1,17 @@
 /** Small ONNX models built in code, for tests that need a graph of a precise shape. */
 import { create } from '@bufbuild/protobuf';
-import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema, TypeProtoSchema, TypeProto_TensorSchema, TensorShapeProtoSchema, TensorShapeProto_DimensionSchema, ValueInfoProtoSchema } from 'onnx-buf';
+import { GraphProtoSchema, ModelProtoSchema, OperatorSetIdProtoSchema } from 'onnx-buf';
 import type { ModelProto, NodeProto, TensorProto, ValueInfoProto } from 'onnx-buf';
 import { DT } from '../../quant/onnx/tensor.js';
 import { rng } from './random.js';
 
+import { makeValueInfo } from '../../quant/onnx/graph.js';
 export { makeNode } from '../../quant/onnx/graph.js';
 export { makeTensor } from '../../quant/onnx/tensor.js';
 
 /** A float tensor value info; string dims are symbolic (dynamic). */
 export function floatInput(name: string, dims: Array<number | string>, elemType: number = DT.FLOAT): ValueInfoProto {
-  return create(ValueInfoProtoSchema, {
-    name,
-    type: create(TypeProtoSchema, {
-      value: {
-        case: 'tensorType',
-        value: create(TypeProto_TensorSchema, {
-          elemType,
-          shape: create(TensorShapeProtoSchema, {
-            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: typeof d === 'number' ? { case: 'dimValue', value: BigInt(d) } : { case: 'dimParam', value: d } })),
-          }),
-        }),
-      },
-    }),
-  });
+  return makeValueInfo(name, elemType, dims);
 }
 
 export function buildModel(nodes: NodeProto[], inputs: ValueInfoProto[], outputs: ValueInfoProto[], initializers: TensorProto[], opset = 13): ModelProto {

@@ -16,12 +16,13 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { MOSQUITTO_BIN, mosquittoConf } from '../../tools/mosquitto.js';
 import { freePort, portOpen } from '../../tools/net.js';
 import { join } from 'node:path';
 
 export { freePort, portOpen };
 
-export const MOSQUITTO_BIN = process.env.EDGEQ_MOSQUITTO ?? '/usr/sbin/mosquitto';
+export { MOSQUITTO_BIN };
 /** EDGEQ_SHARED_BROKER_PORT points the tests at another shared broker (or, with a closed port, at private ones). */
 export const SHARED_BROKER_PORT = Number(process.env.EDGEQ_SHARED_BROKER_PORT ?? 1883);
 export const SHARED_BROKER_URL = `mqtt://127.0.0.1:${SHARED_BROKER_PORT}`;
@@ -100,24 +101,7 @@ export async function startMosquitto(t: ExecutionContext, opts: MosquittoOptions
     acl = [`acl_file ${join(dir, 'acl')}`];
   }
   const conf = join(dir, 'mosquitto.conf');
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      ...tls,
-      ...acl,
-      `allow_anonymous ${opts.tls?.useIdentityAsUsername ? 'false' : 'true'}`,
-      'persistence true',
-      `persistence_location ${dir}/`,
-      'persistence_file mosquitto.db',
-      'autosave_interval 1',
-      `log_dest file ${join(dir, 'mosquitto.log')}`,
-      'log_type all',
-      // As root, mosquitto would switch to the "mosquitto" user, who cannot write the temp dir.
-      ...(process.getuid?.() === 0 ? ['user root'] : []),
-      '',
-    ].join('\n'),
-  );
+  writeFileSync(conf, mosquittoConf({ port, dir, listenerLines: [...tls, ...acl], allowAnonymous: !opts.tls?.useIdentityAsUsername }));
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
   const broker: Broker = {

@@ -18,14 +18,11 @@ import {
   StringStringEntryProtoSchema,
   TensorProtoSchema,
   TensorProto_DataLocation,
-  TensorShapeProtoSchema,
-  TensorShapeProto_DimensionSchema,
-  TypeProtoSchema,
-  TypeProto_TensorSchema,
   ValueInfoProtoSchema,
 } from 'onnx-buf';
-import type { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto } from 'onnx-buf';
+import type { AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto } from 'onnx-buf';
 import fc from 'fast-check';
+import { makeValueInfo as valueInfo } from '../../quant/onnx/graph.js';
 import { allTensors, encodeModel } from '../../quant/onnx/model.js';
 import { DT } from '../../quant/onnx/tensor.js';
 import { byteMutations, interestingBigInt, interestingNumber, mutateBytes, type ByteMutation } from './gen.js';
@@ -230,22 +227,7 @@ function makeAttr(name: string, v: AttrSpec): AttributeProto {
   return create(AttributeProtoSchema, { name, type: AT.GRAPH, g });
 }
 
-export function valueInfo(name: string, elemType: number, dims: ReadonlyArray<bigint | number | string>): ValueInfoProto {
-  return create(ValueInfoProtoSchema, {
-    name,
-    type: create(TypeProtoSchema, {
-      value: {
-        case: 'tensorType',
-        value: create(TypeProto_TensorSchema, {
-          elemType,
-          shape: create(TensorShapeProtoSchema, {
-            dim: dims.map((d) => create(TensorShapeProto_DimensionSchema, { value: typeof d === 'string' ? { case: 'dimParam', value: d } : { case: 'dimValue', value: BigInt(d) } })),
-          }),
-        }),
-      },
-    }),
-  });
-}
+export { valueInfo };
 
 /** Names the graph uses (inputs, initializers, node outputs), for NameRef. */
 function namesOf(g: GraphProto): string[] {
